@@ -1,0 +1,87 @@
+//! The `recuerda` command line: parse, load the config, dispatch. Each subcommand's arguments
+//! and handler live in their own file.
+
+use crate::config::Config;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+pub mod balance;
+pub mod check;
+pub mod preview;
+pub mod send;
+pub mod serve;
+pub mod simulator;
+pub mod templates;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "recuerda",
+    version,
+    about = "Appointment reminders and WhatsApp follow-ups for clinics"
+)]
+pub struct Cli {
+    /// Config file (default: `recuerda.yaml` in the current folder, if present).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the engine: webhook, API, scheduler and dispatcher.
+    Serve(serve::ServeArgs),
+    /// Validate rules and templates; every problem with file:line:column.
+    Check(check::CheckArgs),
+    /// Show the exact WhatsApp text a rule would send for an appointment.
+    Preview(preview::PreviewArgs),
+    /// Send one template message through the provider.
+    Send(send::SendArgs),
+    /// Show the provider account's balance.
+    Balance(balance::BalanceArgs),
+    /// List the provider's templates, or pull their approved bodies into `templates/`.
+    Templates(templates::TemplatesArgs),
+    /// Run the fake provider on its own, for testing an integration.
+    Simulator(simulator::SimulatorArgs),
+}
+
+/// Loads the config named by `--config` (or the default file), with the environment's secrets.
+pub fn load_config(cli_config: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    Ok(Config::load(cli_config)?)
+}
+
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RECUERDA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config_path = cli.config.as_deref();
+    match cli.command {
+        Command::Serve(args) => serve::run(args, load_config(config_path)?).await,
+        Command::Check(args) => check::run(args, load_config(config_path)?).await,
+        Command::Preview(args) => preview::run(args, load_config(config_path)?).await,
+        Command::Send(args) => send::run(args, load_config(config_path)?).await,
+        Command::Balance(args) => balance::run(args, load_config(config_path)?).await,
+        Command::Templates(args) => templates::run(args, load_config(config_path)?).await,
+        Command::Simulator(args) => simulator::run(args).await,
+    }
+}

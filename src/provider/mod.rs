@@ -1,0 +1,1 @@
+//! The contacto-virtual API: client, domain types that are valid once built, webhook payloads.

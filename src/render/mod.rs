@@ -1,0 +1,1 @@
+//! Handlebars rendering of WhatsApp text, with the helpers a Colombian clinic needs.

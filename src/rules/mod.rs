@@ -1,0 +1,4 @@
+//! Rule and template files: loading, validation with located diagnostics, the typed model.
+
+pub mod model;
+pub use model::*;

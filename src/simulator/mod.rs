@@ -1,0 +1,1 @@
+//! A faithful fake of the contacto-virtual API on loopback, for tests, `demo` and clinics.

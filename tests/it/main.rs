@@ -1,0 +1,6 @@
+//! One integration-test binary: it links once.
+
+mod cli;
+mod provider;
+mod rules;
+mod simulator;
