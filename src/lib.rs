@@ -1,11 +1,18 @@
 //! recuerda: appointment reminders and WhatsApp follow-ups for clinics.
 
+pub mod app;
 pub mod cli;
+pub mod appointment;
 pub mod clock;
 pub mod config;
+pub mod conversation;
 pub mod duration;
+pub mod engine;
+pub mod http;
+pub mod message;
 pub mod provider;
 pub mod render;
 pub mod rules;
 pub mod secret;
 pub mod simulator;
+pub mod store;

@@ -1,0 +1,378 @@
+//! Running a rule's actions for one occasion: every `send`/`notify` becomes a durable outbox
+//! entry keyed by the occasion, so running the same occasion again changes nothing.
+
+use super::{Engine, EngineError};
+use crate::appointment::{Appointment, AppointmentStatus};
+use crate::conversation::Reply;
+use crate::message::{MessageStatus, OutboxEntry, OutboxKind, StatusChange};
+use crate::rules::{Action, AppointmentChange, Rule, Trigger};
+use crate::store::Fired;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+/// One occasion of one rule: what triggered it, and the context its actions render over.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Occasion {
+    /// The idempotency key (PRODUCT.md's occasion).
+    pub key: String,
+    pub appointment: Option<Appointment>,
+    pub reply: Option<Reply>,
+    /// The delivery event or the message the occasion is about.
+    pub message: Option<Value>,
+    /// The conversation the occasion belongs to (a reply's `custom_field`).
+    pub custom_field: Option<String>,
+    /// Sends are about the appointment's time: skip them if it is cancelled or moved by then.
+    pub reminder: bool,
+}
+
+/// What running an occasion did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ran {
+    Done { queued: usize },
+    AlreadyFired,
+    ConditionsNotMet,
+}
+
+impl Engine {
+    /// The rendering context: `appointment`, `reply`, `conversation`, `message`, `now`.
+    pub(crate) fn context(&self, occ: &Occasion, conversation_key: Option<&str>, now: DateTime<Utc>) -> Value {
+        let mut ctx = serde_json::Map::new();
+        if let Some(a) = &occ.appointment {
+            ctx.insert("appointment".into(), a.to_context());
+        }
+        if let Some(r) = &occ.reply {
+            ctx.insert("reply".into(), r.to_context());
+        }
+        if let Some(m) = &occ.message {
+            ctx.insert("message".into(), m.clone());
+        }
+        if let Some(cf) = conversation_key.or(occ.custom_field.as_deref()) {
+            match self.store.get_conversation(cf) {
+                Ok(Some(c)) => {
+                    ctx.insert("conversation".into(), c.to_context());
+                }
+                _ => {
+                    ctx.insert("conversation".into(), json!({"custom_field": cf, "state": null}));
+                }
+            }
+        }
+        ctx.insert("now".into(), now.to_rfc3339().into());
+        Value::Object(ctx)
+    }
+
+    /// Runs `rule`'s actions for `occ` once: a second call with the same occasion key does
+    /// nothing.
+    pub(crate) fn run_actions(&self, rule: &Rule, occ: &Occasion, now: DateTime<Utc>) -> Result<Ran, EngineError> {
+        if self.store.fired(&occ.key)?.is_some() {
+            return Ok(Ran::AlreadyFired);
+        }
+        let rules = self.rules();
+        let ctx = self.context(occ, None, now);
+        if !rule.conditions_hold(&ctx) {
+            self.store.mark_fired(
+                &occ.key,
+                &Fired {
+                    at: now,
+                    outcome: "skipped: `where` conditions not met".into(),
+                },
+            )?;
+            return Ok(Ran::ConditionsNotMet);
+        }
+        let mut conversation_key = occ.custom_field.clone();
+        let mut appointment = occ.appointment.clone();
+        let mut queued = 0;
+        for (index, action) in rule.actions.iter().enumerate() {
+            let entry_key = format!("{}#{index}", occ.key);
+            match action {
+                Action::Send(send) => {
+                    let ctx = self.context(occ, conversation_key.as_deref(), now);
+                    // The conversation a send belongs to is fixed now, so replies tie back to it;
+                    // everything else is rendered again at send time.
+                    let rendered_cf = rules
+                        .render_send(rule, send, &ctx)
+                        .ok()
+                        .and_then(|r| r.custom_field)
+                        .filter(|cf| !cf.trim().is_empty());
+                    let custom_field = rendered_cf
+                        .or_else(|| occ.custom_field.clone())
+                        .unwrap_or_else(|| default_custom_field(appointment.as_ref(), &occ.key));
+                    let entry = self.new_entry(
+                        entry_key,
+                        OutboxKind::Send,
+                        rule,
+                        index,
+                        occ,
+                        appointment.as_ref(),
+                        Some(custom_field.clone()),
+                        now,
+                    );
+                    if self.store.enqueue(&entry)? {
+                        queued += 1;
+                        let mobile = appointment
+                            .as_ref()
+                            .map(|a| a.mobile.clone())
+                            .or_else(|| occ.reply.as_ref().map(|r| r.mobile.clone()));
+                        let appointment_id = appointment.as_ref().map(|a| a.id.clone());
+                        let detail = format!("template {} queued", send.template_id);
+                        self.store.update_conversation(&custom_field, now, |c| {
+                            if c.mobile.is_none() {
+                                c.mobile = mobile.clone();
+                            }
+                            if appointment_id.is_some() {
+                                c.appointment_id = appointment_id.clone();
+                            }
+                            c.record(now, "queued", detail.clone(), Some(&rule.name));
+                        })?;
+                    }
+                    conversation_key = Some(custom_field);
+                }
+                Action::SetState(state) => {
+                    let cf = conversation_key
+                        .clone()
+                        .unwrap_or_else(|| default_custom_field(appointment.as_ref(), &occ.key));
+                    let appointment_id = appointment.as_ref().map(|a| a.id.clone());
+                    self.store.update_conversation(&cf, now, |c| {
+                        if c.state.as_deref() != Some(state) {
+                            c.state = Some(state.clone());
+                            c.record(now, "state", state.clone(), Some(&rule.name));
+                        }
+                        if c.appointment_id.is_none() {
+                            c.appointment_id = appointment_id.clone();
+                        }
+                    })?;
+                    conversation_key = Some(cf);
+                }
+                Action::UpdateAppointment(changes) => {
+                    let Some(current) = appointment.as_ref() else {
+                        tracing::warn!(rule = %rule.name, "`update_appointment` has no appointment in this occasion; skipped");
+                        continue;
+                    };
+                    // Re-read: the stored appointment may have changed since the occasion began.
+                    let current = self.store.get_appointment(&current.id)?.unwrap_or_else(|| current.clone());
+                    let updated = apply_changes(&current, changes, now)?;
+                    if updated != current {
+                        self.store.put_appointment(&updated)?;
+                        self.appointment_changed(Some(&current), &updated, now)?;
+                    }
+                    appointment = Some(updated);
+                }
+                Action::Notify(notify) => {
+                    let ctx = self.context(occ, conversation_key.as_deref(), now);
+                    let message = match &notify.message {
+                        Some(key) => Some(rules.render_text(rule, key, &ctx).unwrap_or_else(|e| format!("(message could not be rendered: {e})"))),
+                        None => None,
+                    };
+                    let mut entry = self.new_entry(
+                        entry_key,
+                        OutboxKind::Notify {
+                            endpoint: notify.endpoint.clone(),
+                        },
+                        rule,
+                        index,
+                        occ,
+                        appointment.as_ref(),
+                        conversation_key.clone(),
+                        now,
+                    );
+                    entry.text = message;
+                    entry.context = json!({
+                        "rule": rule.name,
+                        "occasion": occ.key,
+                        "message": entry.text,
+                        "appointment": ctx.get("appointment"),
+                        "reply": ctx.get("reply"),
+                        "conversation": ctx.get("conversation"),
+                        "event": ctx.get("message"),
+                        "at": now.to_rfc3339(),
+                    });
+                    // Notifications go to the clinic's own system: quiet hours do not apply.
+                    entry.not_before = now;
+                    if self.store.enqueue(&entry)? {
+                        queued += 1;
+                    }
+                }
+            }
+        }
+        self.store.mark_fired(
+            &occ.key,
+            &Fired {
+                at: now,
+                outcome: format!("ran {} actions", rule.actions.len()),
+            },
+        )?;
+        if queued > 0 {
+            self.dispatch_wake.notify_one();
+        }
+        Ok(Ran::Done { queued })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_entry(
+        &self,
+        key: String,
+        kind: OutboxKind,
+        rule: &Rule,
+        action_index: usize,
+        occ: &Occasion,
+        appointment: Option<&Appointment>,
+        custom_field: Option<String>,
+        now: DateTime<Utc>,
+    ) -> OutboxEntry {
+        let mut context = serde_json::Map::new();
+        if let Some(r) = &occ.reply {
+            context.insert("reply".into(), serde_json::to_value(r).unwrap_or(Value::Null));
+        }
+        if let Some(m) = &occ.message {
+            context.insert("message".into(), m.clone());
+        }
+        OutboxEntry {
+            key,
+            kind,
+            rule: rule.name.clone(),
+            action_index,
+            appointment_id: appointment.map(|a| a.id.clone()),
+            appointment_start: appointment.map(|a| a.start_utc()),
+            recheck_appointment: occ.reminder,
+            context: Value::Object(context),
+            status: MessageStatus::Queued,
+            not_before: self.after_quiet_hours(now),
+            attempts: 0,
+            message_id: None,
+            mobile: None,
+            custom_field,
+            template_id: None,
+            variables: Vec::new(),
+            text: None,
+            code: None,
+            error: None,
+            timeline: vec![StatusChange {
+                status: MessageStatus::Queued,
+                at: now,
+                code: None,
+                reason: None,
+                applied: true,
+                raw_date: None,
+            }],
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// The first moment at or after `t` outside the configured quiet hours.
+    pub(crate) fn after_quiet_hours(&self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let Some(quiet) = self.config.quiet_hours else {
+            return t;
+        };
+        let tz = self.config.timezone;
+        let local = t.with_timezone(&tz);
+        if !quiet.contains(local.time()) {
+            return t;
+        }
+        // The end of the window is `to` today, or tomorrow when `to` is already behind us.
+        let mut day = local.date_naive();
+        if local.time() >= quiet.to {
+            day = day.succ_opt().unwrap_or(day);
+        }
+        let end = day.and_time(quiet.to);
+        match end.and_local_timezone(tz).earliest() {
+            Some(e) => e.with_timezone(&Utc),
+            None => t + chrono::Duration::hours(1),
+        }
+    }
+
+    /// Reacts to an appointment change: re-plans offsets, drops plans of a cancelled one and
+    /// raises the `appointment:` triggers.
+    pub(crate) fn appointment_changed(
+        &self,
+        previous: Option<&Appointment>,
+        current: &Appointment,
+        now: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
+        let change = match previous {
+            None => Some(AppointmentChange::Created),
+            Some(p) if p.status != AppointmentStatus::Cancelled && current.status == AppointmentStatus::Cancelled => {
+                Some(AppointmentChange::Cancelled)
+            }
+            Some(p) if p.start != current.start => Some(AppointmentChange::Rescheduled),
+            _ => None,
+        };
+        self.plan_appointment(current, now)?;
+        let Some(change) = change else {
+            return Ok(());
+        };
+        let rules = self.rules();
+        for rule in rules.rules.iter().filter(|r| r.enabled) {
+            if let Trigger::Appointment(c) = &rule.trigger {
+                if *c == change {
+                    let occ = Occasion {
+                        key: format!(
+                            "appointment:{}:{}:{}:{}",
+                            rule.name,
+                            current.id,
+                            change_word(change),
+                            current.start_utc().to_rfc3339()
+                        ),
+                        appointment: Some(current.clone()),
+                        ..Default::default()
+                    };
+                    self.run_actions(rule, &occ, now)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn change_word(c: AppointmentChange) -> &'static str {
+    match c {
+        AppointmentChange::Created => "created",
+        AppointmentChange::Rescheduled => "rescheduled",
+        AppointmentChange::Cancelled => "cancelled",
+    }
+}
+
+fn default_custom_field(appointment: Option<&Appointment>, occasion: &str) -> String {
+    match appointment {
+        Some(a) => format!("recuerda-{}", a.id),
+        None => {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            occasion.hash(&mut h);
+            format!("recuerda-{:016x}", h.finish())
+        }
+    }
+}
+
+/// `update_appointment`'s fields applied to `current`: `status` must be a status word, `start`
+/// an RFC 3339 time; anything else is kept for templates.
+fn apply_changes(
+    current: &Appointment,
+    changes: &serde_json::Map<String, Value>,
+    now: DateTime<Utc>,
+) -> Result<Appointment, EngineError> {
+    let mut updated = current.clone();
+    for (field, value) in changes {
+        match field.as_str() {
+            "status" => {
+                let word = value.as_str().unwrap_or_default();
+                updated.status = AppointmentStatus::parse(word).ok_or_else(|| {
+                    EngineError::Invalid(format!("`update_appointment.status: {value}` is not an appointment status"))
+                })?;
+            }
+            "start" => {
+                let text = value.as_str().unwrap_or_default();
+                updated.start = DateTime::parse_from_rfc3339(text).map_err(|_| {
+                    EngineError::Invalid(format!("`update_appointment.start: {value}` is not an RFC 3339 time"))
+                })?;
+            }
+            "id" | "mobile" => {}
+            _ => {
+                updated.fields.insert(field.clone(), value.clone());
+            }
+        }
+    }
+    if updated != *current {
+        updated.updated_at = now;
+    }
+    Ok(updated)
+}

@@ -1,0 +1,574 @@
+//! The dispatcher: takes due outbox entries, re-checks and renders them at send time, and
+//! sends with bounded concurrency and rate. Provider codes drive what happens next.
+
+use super::{Counters, Engine, EngineError};
+use crate::appointment::AppointmentStatus;
+use crate::message::{MessageStatus, OutboxEntry, OutboxKind};
+use crate::provider::{CustomField, Disposition, MediaUrl, Mobile, SendRequest, TemplateId, Variables};
+use crate::rules::Action;
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Whether the dispatcher sends.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum DispatchState {
+    Running,
+    /// Code 5: no balance. Polls `balance` and resumes when it is positive.
+    PausedForBalance,
+    /// Codes 2/3: a configuration problem; sending stays stopped until it is fixed and the
+    /// engine restarted.
+    Stopped(String),
+}
+
+/// What a send attempt decided.
+enum Outcome {
+    Sent(String),
+    Requeue { at: DateTime<Utc>, reason: String, count_attempt: bool },
+    Final { status: MessageStatus, code: Option<u32>, reason: String },
+}
+
+impl Engine {
+    /// Entries left `sending` by a crash: the request may have reached the provider, which has
+    /// no idempotency key, so they become `unknown` (or are queued again when the config says
+    /// `provider.resend_unknown: true`).
+    pub(crate) fn recover_in_flight(&self) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let resend = self.config.provider.resend_unknown;
+        let in_flight: Vec<String> = self
+            .store
+            .outbox_entries()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.status == MessageStatus::Sending)
+            .map(|e| e.key)
+            .collect();
+        for key in in_flight {
+            let updated = self.store.update_entry(&key, |e| {
+                if resend && e.is_send() {
+                    e.set_status(MessageStatus::Queued, now, Some("resent after a crash mid-send (`provider.resend_unknown`)".into()));
+                    e.not_before = now;
+                } else {
+                    e.set_status(MessageStatus::Unknown, now, Some("the engine stopped while this send was in flight; it may or may not have reached the patient".into()));
+                }
+                true
+            })?;
+            if let Some(e) = updated {
+                if e.status == MessageStatus::Unknown {
+                    Counters::bump(&self.counters.sends_unknown);
+                    tracing::warn!(key = %e.key, rule = %e.rule, "send outcome unknown after a restart; not re-sent");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn run_dispatcher(&self) {
+        let mut shutdown = self.shutdown_signal();
+        let permits = Arc::new(Semaphore::new(self.config.provider.concurrency));
+        let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let interval = Duration::from_secs_f64(1.0 / self.config.provider.rate_per_second as f64);
+        let mut next_slot = tokio::time::Instant::now();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            match self.dispatch_state() {
+                DispatchState::Stopped(_) => {
+                    tokio::select! {
+                        _ = self.dispatch_wake.notified() => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+                DispatchState::PausedForBalance => {
+                    self.wait_for_balance(&mut shutdown).await;
+                    continue;
+                }
+                DispatchState::Running => {}
+            }
+            let now = self.clock.now();
+            let due = match self.store.due_outbox(now, 256) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the outbox failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let fresh: Vec<OutboxEntry> = {
+                let flying = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                due.into_iter().filter(|e| !flying.contains(&e.key)).collect()
+            };
+            if fresh.is_empty() {
+                let next = self.store.next_outbox_due().ok().flatten();
+                let wake_at = next.unwrap_or(now + chrono::Duration::minutes(1));
+                tokio::select! {
+                    _ = self.dispatch_wake.notified() => {}
+                    _ = self.clock.sleep_until(wake_at) => {}
+                    _ = shutdown.changed() => {}
+                    // Entries in flight finish and may requeue: look again soon.
+                    _ = tokio::time::sleep(Duration::from_millis(200)), if !in_flight.lock().unwrap_or_else(|e| e.into_inner()).is_empty() => {}
+                }
+                continue;
+            }
+            for entry in fresh {
+                if self.dispatch_state() != DispatchState::Running || *shutdown.borrow() {
+                    break;
+                }
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                if entry.is_send() {
+                    // Rate: at most `rate_per_second` sends started per second.
+                    let now_i = tokio::time::Instant::now();
+                    if next_slot > now_i {
+                        tokio::time::sleep_until(next_slot).await;
+                    }
+                    next_slot = next_slot.max(now_i) + interval;
+                }
+                in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(entry.key.clone());
+                let engine = self.clone();
+                let flying = in_flight.clone();
+                tokio::spawn(async move {
+                    let key = entry.key.clone();
+                    if let Err(e) = engine.dispatch_one(entry).await {
+                        tracing::error!(key = %key, error = %e, "dispatching failed; the entry stays queued");
+                    }
+                    flying.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                    drop(permit);
+                    engine.dispatch_wake.notify_one();
+                });
+            }
+        }
+        // Let in-flight sends finish and record their outcome.
+        let _ = permits.acquire_many(self.config.provider.concurrency as u32).await;
+    }
+
+    async fn wait_for_balance(&self, shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+        loop {
+            match self.provider.balance().await {
+                Ok(balance) => {
+                    *self.last_balance.lock().unwrap_or_else(|e| e.into_inner()) = Some(balance);
+                    if balance > 0 {
+                        tracing::info!(balance, "balance is back: sending resumes");
+                        self.set_dispatch_state(DispatchState::Running);
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "balance check failed while paused"),
+            }
+            let wait = self.clock.now()
+                + chrono::Duration::from_std(self.config.provider.balance_poll).unwrap_or(chrono::Duration::seconds(60));
+            tokio::select! {
+                _ = self.clock.sleep_until(wait) => {}
+                _ = self.dispatch_wake.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    }
+
+    fn set_dispatch_state(&self, state: DispatchState) {
+        *self.dispatch_state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    /// Sends (or notifies) one entry and records the outcome.
+    async fn dispatch_one(&self, entry: OutboxEntry) -> Result<(), EngineError> {
+        match &entry.kind {
+            OutboxKind::Notify { endpoint } => self.dispatch_notify(&entry, endpoint.clone()).await,
+            OutboxKind::Send => self.dispatch_send(entry).await,
+        }
+    }
+
+    async fn dispatch_send(&self, entry: OutboxEntry) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let prepared = match self.prepare_send(&entry, now)? {
+            Ok(p) => p,
+            Err(final_outcome) => return self.record_outcome(&entry, final_outcome, None),
+        };
+        let (request, text) = prepared;
+        // Quiet hours are checked again now: the entry may have waited.
+        let allowed = self.after_quiet_hours(now);
+        if allowed > now {
+            return self.record_outcome(
+                &entry,
+                Outcome::Requeue {
+                    at: allowed,
+                    reason: "quiet hours: waits for the end of the window".into(),
+                    count_attempt: false,
+                },
+                None,
+            );
+        }
+        // Durably mark the send as leaving before the request goes: after a crash from here on,
+        // the outcome is unknown, never silently re-sent.
+        let mobile = request.mobile.as_str().to_string();
+        let variables = request.variables.as_slice().to_vec();
+        let custom_field = request.custom_field.as_ref().map(|c| c.as_str().to_string());
+        let template = request.template.0;
+        let marked = self.store.update_entry(&entry.key, |e| {
+            if e.status != MessageStatus::Queued {
+                return false;
+            }
+            e.set_status(MessageStatus::Sending, now, None);
+            e.attempts += 1;
+            e.mobile = Some(mobile.clone());
+            e.variables = variables.clone();
+            e.template_id = Some(template);
+            e.text = Some(text.clone());
+            if custom_field.is_some() {
+                e.custom_field = custom_field.clone();
+            }
+            true
+        })?;
+        let Some(marked) = marked else {
+            return Ok(());
+        };
+        self.store.durable().await?;
+        let started = std::time::Instant::now();
+        let result = self.provider.send(&request).await;
+        metrics::histogram!("recuerda_dispatch_seconds").record(started.elapsed().as_secs_f64());
+        let now = self.clock.now();
+        let outcome = match result {
+            Ok(id) => Outcome::Sent(id.as_str().to_string()),
+            Err(e) => {
+                let code = e.code();
+                let reason = e.to_string();
+                match e.disposition() {
+                    Disposition::Retry => {
+                        Counters::bump(&self.counters.sends_retried);
+                        if marked.attempts >= self.config.provider.max_attempts {
+                            Outcome::Final {
+                                status: MessageStatus::Failed,
+                                code,
+                                reason: format!("gave up after {} attempts: {reason}", marked.attempts),
+                            }
+                        } else {
+                            Outcome::Requeue {
+                                at: now + self.backoff(marked.attempts),
+                                reason,
+                                count_attempt: true,
+                            }
+                        }
+                    }
+                    Disposition::PauseForBalance => {
+                        tracing::error!("provider says there is no balance (code 5): sending paused until it is topped up");
+                        self.set_dispatch_state(DispatchState::PausedForBalance);
+                        Outcome::Requeue {
+                            at: now,
+                            reason,
+                            count_attempt: false,
+                        }
+                    }
+                    Disposition::StopSending => {
+                        tracing::error!(error = %reason, "provider refused the account: sending stopped until the configuration is fixed");
+                        self.set_dispatch_state(DispatchState::Stopped(reason.clone()));
+                        Outcome::Requeue {
+                            at: now,
+                            reason,
+                            count_attempt: false,
+                        }
+                    }
+                    Disposition::FailMessage => Outcome::Final {
+                        status: MessageStatus::Failed,
+                        code,
+                        reason,
+                    },
+                    Disposition::Unknown => {
+                        if self.config.provider.resend_unknown {
+                            Outcome::Requeue {
+                                at: now + self.backoff(marked.attempts),
+                                reason: format!("outcome unknown, re-sent (`provider.resend_unknown`): {reason}"),
+                                count_attempt: true,
+                            }
+                        } else {
+                            Outcome::Final {
+                                status: MessageStatus::Unknown,
+                                code,
+                                reason: format!("{reason}; not re-sent: it may have reached the patient"),
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        self.record_outcome(&marked, outcome, Some(now))?;
+        self.store.durable().await?;
+        Ok(())
+    }
+
+    fn backoff(&self, attempts: u32) -> chrono::Duration {
+        let base = self.config.provider.retry_base.as_millis() as u64;
+        let exp = base.saturating_mul(1u64 << attempts.saturating_sub(1).min(16));
+        let capped = exp.min(10 * 60 * 1000);
+        let jitter = rand::rng().random_range(0..=capped / 4 + 1);
+        chrono::Duration::milliseconds((capped + jitter) as i64)
+    }
+
+    /// Re-reads the appointment and renders the send now. `Ok(Err(outcome))` means the entry
+    /// is final without any call to the provider (skipped or refused).
+    #[allow(clippy::type_complexity)]
+    fn prepare_send(
+        &self,
+        entry: &OutboxEntry,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(SendRequest, String), Outcome>, EngineError> {
+        let refuse = |reason: String| {
+            Ok(Err(Outcome::Final {
+                status: MessageStatus::Failed,
+                code: None,
+                reason,
+            }))
+        };
+        let skip = |reason: String| {
+            Ok(Err(Outcome::Final {
+                status: MessageStatus::Skipped,
+                code: None,
+                reason,
+            }))
+        };
+        let appointment = match &entry.appointment_id {
+            Some(id) => self.store.get_appointment(id)?,
+            None => None,
+        };
+        if entry.recheck_appointment {
+            match &appointment {
+                None => return skip("the appointment no longer exists".into()),
+                Some(a) if a.status == AppointmentStatus::Cancelled => {
+                    return skip("the appointment was cancelled after this reminder was planned".into())
+                }
+                Some(a) if Some(a.start_utc()) != entry.appointment_start => {
+                    return skip(format!(
+                        "the appointment moved to {} after this reminder was planned",
+                        a.start.to_rfc3339()
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let rules = self.rules();
+        let Some(rule) = rules.rule(&entry.rule) else {
+            return refuse(format!("rule `{}` no longer exists (rules were reloaded)", entry.rule));
+        };
+        let Some(Action::Send(send)) = rule.actions.get(entry.action_index) else {
+            return refuse(format!("rule `{}` changed: action {} is no longer a send", entry.rule, entry.action_index + 1));
+        };
+        let mut ctx = serde_json::Map::new();
+        if let Value::Object(saved) = &entry.context {
+            for (k, v) in saved {
+                ctx.insert(k.clone(), v.clone());
+            }
+        }
+        if let Some(reply) = ctx.get("reply").cloned() {
+            // The saved reply is the stored record; templates see the reply's public fields.
+            let public = serde_json::json!({
+                "mobile": reply.get("mobile"),
+                "message": reply.get("message"),
+                "custom_field": reply.get("custom_field"),
+            });
+            ctx.insert("reply".into(), public);
+        }
+        if let Some(a) = &appointment {
+            ctx.insert("appointment".into(), a.to_context());
+        }
+        if let Some(cf) = &entry.custom_field {
+            let conv = self
+                .store
+                .get_conversation(cf)?
+                .map(|c| c.to_context())
+                .unwrap_or_else(|| serde_json::json!({"custom_field": cf, "state": null}));
+            ctx.insert("conversation".into(), conv);
+        }
+        ctx.insert("now".into(), now.to_rfc3339().into());
+        let ctx = Value::Object(ctx);
+        let rendered = match rules.render_send(rule, send, &ctx) {
+            Ok(r) => r,
+            Err(e) => return refuse(format!("could not render: {e}")),
+        };
+        let to = rendered
+            .to
+            .clone()
+            .or_else(|| appointment.as_ref().map(|a| a.mobile.clone()))
+            .or_else(|| ctx.pointer("/reply/mobile").and_then(Value::as_str).map(str::to_string));
+        let Some(to) = to else {
+            return refuse("no recipient: the rule has no `to` and the occasion has no appointment or reply".into());
+        };
+        let mobile = match Mobile::parse(&to) {
+            Ok(m) => m,
+            Err(e) => return refuse(e.to_string()),
+        };
+        if self.store.is_opted_out(mobile.as_str())? {
+            return skip("the patient opted out (suppression list)".into());
+        }
+        let variables = match Variables::new(rendered.variables.clone()) {
+            Ok(v) => v,
+            Err(e) => return refuse(e.to_string()),
+        };
+        if let Some(template) = rules.templates.get(&rendered.template_id) {
+            if let Err(e) = variables.check_count(template.placeholders) {
+                return refuse(e.to_string());
+            }
+        }
+        let media = match rendered.media.as_deref().filter(|m| !m.trim().is_empty()) {
+            Some(m) => match MediaUrl::parse(m) {
+                Ok(u) => Some(u),
+                Err(e) => return refuse(e.to_string()),
+            },
+            None => None,
+        };
+        let custom_field_text = entry.custom_field.clone().or(rendered.custom_field.clone());
+        let custom_field = match custom_field_text.as_deref().filter(|c| !c.is_empty()) {
+            Some(c) => match CustomField::new(c) {
+                Ok(c) => Some(c),
+                Err(e) => return refuse(e.to_string()),
+            },
+            None => None,
+        };
+        let request = SendRequest {
+            template: TemplateId(rendered.template_id),
+            mobile,
+            variables,
+            media,
+            custom_field,
+        };
+        Ok(Ok((request, rendered.text)))
+    }
+
+    fn record_outcome(&self, entry: &OutboxEntry, outcome: Outcome, at: Option<DateTime<Utc>>) -> Result<(), EngineError> {
+        let now = at.unwrap_or_else(|| self.clock.now());
+        match outcome {
+            Outcome::Sent(message_id) => {
+                let id = message_id.clone();
+                let updated = self.store.update_entry(&entry.key, |e| {
+                    e.set_status(MessageStatus::Sent, now, None);
+                    e.message_id = Some(id.clone());
+                    true
+                })?;
+                self.store.link_message_id(&message_id, &entry.key)?;
+                Counters::bump(&self.counters.sends_ok);
+                metrics::counter!("recuerda_sends_total", "rule" => entry.rule.clone(), "result" => "sent").increment(1);
+                if let Some(e) = &updated {
+                    tracing::info!(rule = %e.rule, message_id = %message_id, mobile = %super::react::mask(e.mobile.as_deref().unwrap_or("")), "sent");
+                    if let Some(cf) = &e.custom_field {
+                        let detail = format!("template {} sent ({message_id})", e.template_id.unwrap_or_default());
+                        self.store.update_conversation(cf, now, |c| c.record(now, "sent", detail.clone(), Some(&e.rule)))?;
+                    }
+                    self.plan_no_reply(e, now)?;
+                }
+                self.apply_orphans(&message_id, &entry.key)?;
+            }
+            Outcome::Requeue { at, reason, count_attempt } => {
+                self.store.update_entry(&entry.key, |e| {
+                    e.set_status(MessageStatus::Queued, now, Some(reason.clone()));
+                    e.not_before = at;
+                    if !count_attempt {
+                        e.attempts = e.attempts.saturating_sub(1);
+                    }
+                    true
+                })?;
+            }
+            Outcome::Final { status, code, reason } => {
+                let updated = self.store.update_entry(&entry.key, |e| {
+                    e.set_status(status, now, Some(reason.clone()));
+                    if let Some(last) = e.timeline.last_mut() {
+                        last.code = code;
+                    }
+                    e.code = code;
+                    e.error = Some(reason.clone());
+                    true
+                })?;
+                let counter = match status {
+                    MessageStatus::Skipped => &self.counters.sends_skipped,
+                    MessageStatus::Unknown => &self.counters.sends_unknown,
+                    _ => &self.counters.sends_failed,
+                };
+                Counters::bump(counter);
+                metrics::counter!("recuerda_sends_total", "rule" => entry.rule.clone(), "result" => status.as_str()).increment(1);
+                tracing::warn!(rule = %entry.rule, key = %entry.key, status = %status, reason = %reason, "send not delivered to the provider");
+                if let Some(e) = updated {
+                    if let Some(cf) = &e.custom_field {
+                        let kind = if status == MessageStatus::Skipped { "skipped" } else { "refused" };
+                        self.store.update_conversation(cf, now, |c| c.record(now, kind, reason.clone(), Some(&e.rule)))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn dispatch_notify(&self, entry: &OutboxEntry, endpoint: String) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let Some(target) = self.config.notify.get(&endpoint) else {
+            return self.record_outcome(
+                entry,
+                Outcome::Final {
+                    status: MessageStatus::Failed,
+                    code: None,
+                    reason: format!("`notify.{endpoint}` is not in the config"),
+                },
+                Some(now),
+            );
+        };
+        self.store.update_entry(&entry.key, |e| {
+            e.set_status(MessageStatus::Sending, now, None);
+            e.attempts += 1;
+            true
+        })?;
+        let result = self
+            .notify_http
+            .post(&target.url)
+            .timeout(target.timeout)
+            .json(&entry.context)
+            .send()
+            .await;
+        let now = self.clock.now();
+        let attempts = entry.attempts + 1;
+        let failure = match result {
+            Ok(r) if r.status().is_success() => None,
+            Ok(r) => Some(format!("`notify.{endpoint}` answered HTTP {}", r.status().as_u16())),
+            Err(e) => Some(format!("`notify.{endpoint}` could not be reached: {}", without_url(&e))),
+        };
+        match failure {
+            None => {
+                Counters::bump(&self.counters.notify_ok);
+                self.store.update_entry(&entry.key, |e| {
+                    e.set_status(MessageStatus::Sent, now, None);
+                    true
+                })?;
+            }
+            Some(reason) if attempts < 5 => {
+                self.store.update_entry(&entry.key, |e| {
+                    e.set_status(MessageStatus::Queued, now, Some(reason.clone()));
+                    e.not_before = now + chrono::Duration::seconds(2i64.pow(attempts));
+                    true
+                })?;
+            }
+            Some(reason) => {
+                Counters::bump(&self.counters.notify_failed);
+                tracing::error!(endpoint = %endpoint, reason = %reason, "notify failed; the other actions went on");
+                self.store.update_entry(&entry.key, |e| {
+                    e.set_status(MessageStatus::Failed, now, Some(reason.clone()));
+                    e.error = Some(reason.clone());
+                    true
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A reqwest error's text without its URL (a clinic's endpoint may carry a key in its path).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        text = text.replace(url.as_str(), "<endpoint>");
+    }
+    text
+}

@@ -1,0 +1,384 @@
+//! Webhook intake and the reactions to it: patients' replies (opt-out, dedupe, reply rules,
+//! no-reply timers) and delivery events (status only moves forward, `status` rules).
+
+use super::actions::Occasion;
+use super::{Counters, Engine, EngineError};
+use crate::conversation::{DeadLetter, OptOut, Reply};
+use crate::message::{MessageStatus, StatusChange};
+use crate::provider::webhook::{self, DeliveryStatus, ReplyEvent, StatusEvent, WebhookEvent};
+use crate::rules::{EventKind, Trigger};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+/// What the webhook endpoint answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intake {
+    /// Stored durably: 200.
+    Accepted,
+    /// Not JSON: 400, kept as a dead letter.
+    Malformed,
+    /// JSON of a shape we do not know: 202, kept as a dead letter.
+    UnknownShape,
+}
+
+const DEAD_LETTER_MAX: usize = 64 * 1024;
+
+impl Engine {
+    /// Takes one webhook body: stores it (durably) before answering. The reaction runs in the
+    /// processor task, so a slow rule never delays the provider's callback.
+    pub async fn accept_webhook(&self, body: &[u8]) -> Result<Intake, EngineError> {
+        Counters::bump(&self.counters.webhook_events);
+        let now = self.clock.now();
+        let intake = match webhook::parse(body) {
+            Ok(_) => {
+                // Keep the body as received; the processor parses it again (cheap, and the inbox
+                // never holds anything the parser would not take).
+                let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+                self.store.push_inbox(&json!({"received_at": now.to_rfc3339(), "body": value}))?;
+                Intake::Accepted
+            }
+            Err(e) => {
+                let intake = match e {
+                    webhook::WebhookError::Malformed(_) => Intake::Malformed,
+                    _ => Intake::UnknownShape,
+                };
+                Counters::bump(&self.counters.dead_letters);
+                let text = String::from_utf8_lossy(&body[..body.len().min(DEAD_LETTER_MAX)]).into_owned();
+                self.store.put_dead_letter(&DeadLetter {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    received_at: now,
+                    reason: e.to_string(),
+                    body: text,
+                })?;
+                tracing::warn!(reason = %e, "webhook body kept as a dead letter");
+                intake
+            }
+        };
+        self.store.durable().await?;
+        if intake == Intake::Accepted {
+            self.inbox_wake.notify_one();
+        }
+        Ok(intake)
+    }
+
+    /// Processes the inbox in arrival order until shutdown.
+    pub(crate) async fn run_processor(&self) {
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            if let Err(e) = self.drain_inbox().await {
+                tracing::error!(error = %e, "processing webhook events failed; retrying shortly");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            tokio::select! {
+                _ = self.inbox_wake.notified() => {}
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            }
+        }
+    }
+
+    /// Processes every event in the inbox. Effects are idempotent (occasion keys), and an
+    /// event leaves the inbox only after its effects are written, so a crash in between
+    /// replays it harmlessly.
+    pub async fn drain_inbox(&self) -> Result<usize, EngineError> {
+        let mut n = 0;
+        loop {
+            let batch = self.store.inbox()?;
+            if batch.is_empty() {
+                break;
+            }
+            for (id, item) in batch {
+                let received_at = item
+                    .get("received_at")
+                    .and_then(Value::as_str)
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc))
+                    .unwrap_or_else(|| self.clock.now());
+                let body = item.get("body").cloned().unwrap_or(Value::Null);
+                let bytes = serde_json::to_vec(&body).unwrap_or_default();
+                match webhook::parse(&bytes) {
+                    Ok(WebhookEvent::Reply(reply)) => self.on_reply(&id, reply, received_at)?,
+                    Ok(WebhookEvent::Status(event)) => self.on_status(event, &body, received_at)?,
+                    Err(e) => tracing::error!(error = %e, "an inbox event no longer parses; dropped"),
+                }
+                self.store.remove_inbox(&id)?;
+                n += 1;
+            }
+            self.store.durable().await?;
+        }
+        Ok(n)
+    }
+
+    fn on_reply(&self, id: &str, event: ReplyEvent, received_at: DateTime<Utc>) -> Result<(), EngineError> {
+        Counters::bump(&self.counters.replies);
+        let now = self.clock.now();
+        let text = event.message.trim().to_string();
+        let mut reply = Reply {
+            id: id.to_string(),
+            mobile: event.mobile.clone(),
+            message: event.message.clone(),
+            custom_field: event.custom_field.clone().filter(|c| !c.is_empty()),
+            received_at,
+            rule: None,
+            outcome: "received".into(),
+        };
+        // A replayed event (crash between its effects and leaving the inbox) is not a duplicate.
+        let replayed = self.store.get_reply(id)?.is_some();
+        if !replayed {
+            let fingerprint = reply_fingerprint(&reply);
+            if let Some(previous) = self.store.reply_seen(&fingerprint, received_at)? {
+                let window = chrono::Duration::from_std(self.config.webhook.dedupe_window).unwrap_or_default();
+                if received_at - previous <= window && received_at >= previous {
+                    Counters::bump(&self.counters.replies_duplicate);
+                    reply.outcome = "duplicate".into();
+                    self.store.put_reply(&reply)?;
+                    return Ok(());
+                }
+            }
+        }
+        self.store.put_reply(&reply)?;
+
+        // Opt-out keywords are handled before any rule.
+        let keyword = normalize_keyword(&text);
+        let conversation_key = reply.custom_field.clone();
+        if self.config.opt_out.stop.iter().any(|k| normalize_keyword(k) == keyword) {
+            self.store.opt_out(&OptOut {
+                mobile: reply.mobile.clone(),
+                keyword: text.clone(),
+                at: now,
+            })?;
+            Counters::bump(&self.counters.opted_out);
+            reply.outcome = "opted_out".into();
+            self.store.put_reply(&reply)?;
+            if let Some(cf) = &conversation_key {
+                self.store.update_conversation(cf, now, |c| c.record(now, "opted_out", text.clone(), None))?;
+            }
+            tracing::info!(mobile = %mask(&reply.mobile), "patient opted out");
+            return Ok(());
+        }
+        if self.config.opt_out.start.iter().any(|k| normalize_keyword(k) == keyword) {
+            self.store.opt_in(&reply.mobile)?;
+            reply.outcome = "opted_in".into();
+            self.store.put_reply(&reply)?;
+            tracing::info!(mobile = %mask(&reply.mobile), "patient opted back in");
+            return Ok(());
+        }
+
+        // A reply stops the no-reply timers of its conversation.
+        let conversation = match &conversation_key {
+            Some(cf) => {
+                for key in self.store.due_keys_with_prefix(&format!("noreply|{cf}|"))? {
+                    self.store.cancel_due(&key)?;
+                }
+                let detail = text.clone();
+                Some(self.store.update_conversation(cf, now, |c| {
+                    if c.mobile.is_none() {
+                        c.mobile = Some(reply.mobile.clone());
+                    }
+                    c.record(now, "reply", detail.clone(), None);
+                })?)
+            }
+            None => None,
+        };
+        let state = conversation.as_ref().and_then(|c| c.state.clone());
+        let rules = self.rules();
+        let Some(rule) = rules.match_reply(conversation_key.as_deref(), &text, state.as_deref()) else {
+            Counters::bump(&self.counters.replies_unhandled);
+            reply.outcome = "unhandled".into();
+            self.store.put_reply(&reply)?;
+            tracing::info!(custom_field = ?conversation_key, "reply matched no rule (unhandled)");
+            return Ok(());
+        };
+        Counters::bump(&self.counters.replies_matched);
+        let appointment = match conversation.as_ref().and_then(|c| c.appointment_id.clone()) {
+            Some(aid) => self.store.get_appointment(&aid)?,
+            None => None,
+        };
+        reply.outcome = "handled".into();
+        reply.rule = Some(rule.name.clone());
+        self.store.put_reply(&reply)?;
+        let occ = Occasion {
+            key: format!("reply:{}:{}", rule.name, reply.id),
+            appointment,
+            reply: Some(reply.clone()),
+            custom_field: conversation_key,
+            ..Default::default()
+        };
+        tracing::info!(rule = %rule.name, "reply matched");
+        self.run_actions(rule, &occ, now)?;
+        Ok(())
+    }
+
+    fn on_status(&self, event: StatusEvent, raw: &Value, _received_at: DateTime<Utc>) -> Result<(), EngineError> {
+        Counters::bump(&self.counters.status_events);
+        let now = self.clock.now();
+        let Some(entry) = self.store.entry_by_message_id(&event.message_id)? else {
+            // The send's answer may not be stored yet: keep the event, apply it when it is.
+            self.store.park_orphan(&event.message_id, raw)?;
+            return Ok(());
+        };
+        self.apply_status(&entry.key, &event, now)
+    }
+
+    /// Applies a delivery event to the message with outbox key `key`, and runs `status` rules
+    /// when it moved the status forward.
+    pub(crate) fn apply_status(&self, key: &str, event: &StatusEvent, now: DateTime<Utc>) -> Result<(), EngineError> {
+        let next = match event.status {
+            DeliveryStatus::Sent => MessageStatus::Sent,
+            DeliveryStatus::Delivered => MessageStatus::Delivered,
+            DeliveryStatus::Read => MessageStatus::Read,
+            DeliveryStatus::Failed => MessageStatus::Failed,
+        };
+        let reason = event
+            .reason
+            .clone()
+            .or_else(|| event.code.and_then(crate::provider::failure_reason).map(str::to_string));
+        let updated = self.store.update_entry(key, |e| {
+            let applied = e.status.advances_to(next);
+            let duplicate = e
+                .timeline
+                .iter()
+                .any(|c| c.status == next && c.raw_date == event.raw_date && c.code == event.code);
+            if duplicate {
+                return false;
+            }
+            e.timeline.push(StatusChange {
+                status: next,
+                at: now,
+                code: event.code,
+                reason: reason.clone(),
+                applied,
+                raw_date: event.raw_date.clone(),
+            });
+            if applied {
+                e.status = next;
+                e.updated_at = now;
+                if next == MessageStatus::Failed {
+                    e.code = event.code;
+                    e.error = reason.clone();
+                }
+            }
+            true
+        })?;
+        let Some(entry) = updated else {
+            return Ok(());
+        };
+        let applied = entry.timeline.last().map(|c| c.applied).unwrap_or(false);
+        if !applied {
+            return Ok(());
+        }
+        if let Some(cf) = &entry.custom_field {
+            let detail = match &reason {
+                Some(r) if next == MessageStatus::Failed => format!("failed: {r}"),
+                _ => next.as_str().to_string(),
+            };
+            self.store.update_conversation(cf, now, |c| c.record(now, next.as_str(), detail.clone(), Some(&entry.rule)))?;
+        }
+        let kind = match next {
+            MessageStatus::Delivered => EventKind::Delivered,
+            MessageStatus::Read => EventKind::Read,
+            MessageStatus::Failed => EventKind::Failed,
+            _ => return Ok(()),
+        };
+        let appointment = match &entry.appointment_id {
+            Some(id) => self.store.get_appointment(id)?,
+            None => None,
+        };
+        let message = json!({
+            "id": entry.message_id,
+            "status": next.as_str(),
+            "code": event.code,
+            "reason": reason,
+            "rule": entry.rule,
+            "template": entry.template_id,
+            "mobile": entry.mobile,
+        });
+        let rules = self.rules();
+        for rule in rules.rules.iter().filter(|r| r.enabled) {
+            if let Trigger::Status(t) = &rule.trigger {
+                if t.status == kind && t.rule.as_ref().is_none_or(|r| *r == entry.rule) {
+                    let occ = Occasion {
+                        key: format!(
+                            "status:{}:{}:{}",
+                            rule.name,
+                            entry.message_id.clone().unwrap_or_else(|| entry.key.clone()),
+                            next.as_str()
+                        ),
+                        appointment: appointment.clone(),
+                        message: Some(message.clone()),
+                        custom_field: entry.custom_field.clone(),
+                        ..Default::default()
+                    };
+                    self.run_actions(rule, &occ, now)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies delivery events that arrived before the send's answer was stored.
+    pub(crate) fn apply_orphans(&self, message_id: &str, key: &str) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        for raw in self.store.take_orphans(message_id)? {
+            let bytes = serde_json::to_vec(&raw).unwrap_or_default();
+            if let Ok(WebhookEvent::Status(event)) = webhook::parse(&bytes) {
+                self.apply_status(key, &event, now)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn reply_fingerprint(reply: &Reply) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&reply.mobile, reply.message.trim(), &reply.custom_field).hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// Upper-case, accents and extra spaces removed: `cancelar  suscripción` = `CANCELAR SUSCRIPCION`.
+fn normalize_keyword(text: &str) -> String {
+    let folded: String = text
+        .chars()
+        .map(|c| match c {
+            'á' | 'Á' => 'A',
+            'é' | 'É' => 'E',
+            'í' | 'Í' => 'I',
+            'ó' | 'Ó' => 'O',
+            'ú' | 'Ú' | 'ü' | 'Ü' => 'U',
+            'ñ' | 'Ñ' => 'N',
+            c => c.to_ascii_uppercase(),
+        })
+        .collect();
+    folded.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A mobile for logs: the middle digits hidden.
+pub fn mask(mobile: &str) -> String {
+    let chars: Vec<char> = mobile.chars().collect();
+    if chars.len() <= 6 {
+        return "*".repeat(chars.len());
+    }
+    let head: String = chars[..5].iter().collect();
+    let tail: String = chars[chars.len() - 3..].iter().collect();
+    format!("{head}{}{tail}", "*".repeat(chars.len() - 8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keywords_fold_case_accents_and_spaces() {
+        assert_eq!(normalize_keyword("  cancelar   suscripción "), "CANCELAR SUSCRIPCION");
+        assert_eq!(normalize_keyword("Baja"), "BAJA");
+    }
+
+    #[test]
+    fn masks_the_middle_of_a_mobile() {
+        assert_eq!(mask("573102334455"), "57310****455");
+    }
+}

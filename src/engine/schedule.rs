@@ -1,0 +1,372 @@
+//! Time-driven triggers: offset reminders and no-reply timeouts on a durable due-queue, cron
+//! rules computed from their expression (so a fake clock drives them and missed slots are
+//! caught up), quiet hours handled by the dispatcher.
+
+use super::actions::{Occasion, Ran};
+use super::{Engine, EngineError};
+use crate::appointment::{Appointment, AppointmentStatus};
+use crate::message::OutboxEntry;
+use crate::rules::{LatePolicy, Rule, Trigger};
+use crate::store::{DueEntry, Fired};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+/// The longest reminder offset we re-plan for when rules change (appointments that started
+/// longer ago than this are left alone).
+const REPLAN_HORIZON_DAYS: i64 = 60;
+
+impl Engine {
+    /// Plans (or re-plans, or drops) the offset reminders of one appointment.
+    pub(crate) fn plan_appointment(&self, appt: &Appointment, now: DateTime<Utc>) -> Result<(), EngineError> {
+        // Plans of the appointment's previous start are replaced wholesale.
+        for key in self.store.due_keys_with_prefix(&format!("offset|{}|", appt.id))? {
+            self.store.cancel_due(&key)?;
+        }
+        if appt.status == AppointmentStatus::Cancelled {
+            return Ok(());
+        }
+        let rules = self.rules();
+        for rule in rules.rules.iter().filter(|r| r.enabled) {
+            let Trigger::Offset(offset) = &rule.trigger else {
+                continue;
+            };
+            let start = appt.start_utc();
+            let due_at = offset.due_at(start);
+            let occasion = reminder_occasion(&rule.name, &appt.id, start);
+            if self.store.fired(&occasion)?.is_some() {
+                continue;
+            }
+            if due_at <= now {
+                // Booked (or moved) after the reminder time: `late` decides, and it is recorded.
+                match offset.late {
+                    LatePolicy::Send if start > now || offset.direction == crate::rules::OffsetDirection::After => {
+                        self.fire_reminder(rule, appt, now)?;
+                    }
+                    _ => {
+                        self.store.mark_fired(
+                            &occasion,
+                            &Fired {
+                                at: now,
+                                outcome: format!("late-skipped: booked after the reminder time ({})", due_at.to_rfc3339()),
+                            },
+                        )?;
+                    }
+                }
+                continue;
+            }
+            self.store.schedule_due(&DueEntry {
+                key: format!("offset|{}|{}", appt.id, rule.name),
+                due_at,
+                rule: rule.name.clone(),
+                appointment_id: Some(appt.id.clone()),
+                appointment_start: Some(start),
+                context: serde_json::Value::Null,
+                custom_field: None,
+            })?;
+        }
+        self.schedule_wake.notify_one();
+        Ok(())
+    }
+
+    /// Re-plans every upcoming appointment (after a rules reload).
+    pub(crate) fn replan_all(&self) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        let from = now - chrono::Duration::days(REPLAN_HORIZON_DAYS);
+        let to = now + chrono::Duration::days(3650);
+        for appt in self.store.appointments_starting(from, to)? {
+            self.plan_appointment(&appt, now)?;
+        }
+        Ok(())
+    }
+
+    /// After a send: starts the `no_reply` timers of rules watching the sending rule.
+    pub(crate) fn plan_no_reply(&self, entry: &OutboxEntry, now: DateTime<Utc>) -> Result<(), EngineError> {
+        let Some(cf) = &entry.custom_field else {
+            return Ok(());
+        };
+        let rules = self.rules();
+        for rule in rules.rules.iter().filter(|r| r.enabled) {
+            if let Trigger::NoReply(t) = &rule.trigger {
+                if t.rule == entry.rule {
+                    let after = chrono::Duration::from_std(t.after).unwrap_or(chrono::Duration::hours(4));
+                    self.store.schedule_due(&DueEntry {
+                        key: format!("noreply|{cf}|{}|{}", rule.name, entry.key),
+                        due_at: now + after,
+                        rule: rule.name.clone(),
+                        appointment_id: entry.appointment_id.clone(),
+                        appointment_start: entry.appointment_start,
+                        context: json!({"message": {"id": entry.message_id, "rule": entry.rule, "template": entry.template_id, "status": entry.status.as_str()}, "source_key": entry.key}),
+                        custom_field: Some(cf.clone()),
+                    })?;
+                }
+            }
+        }
+        self.schedule_wake.notify_one();
+        Ok(())
+    }
+
+    fn fire_reminder(&self, rule: &Rule, appt: &Appointment, now: DateTime<Utc>) -> Result<Ran, EngineError> {
+        let occ = Occasion {
+            key: reminder_occasion(&rule.name, &appt.id, appt.start_utc()),
+            appointment: Some(appt.clone()),
+            reminder: true,
+            ..Default::default()
+        };
+        self.run_actions(rule, &occ, now)
+    }
+
+    /// Fires every due entry and cron slot at or before now. Returns how many fired.
+    pub async fn tick(&self) -> Result<usize, EngineError> {
+        let now = self.clock.now();
+        let mut fired = 0;
+        loop {
+            let due = self.store.due_until(now, 512)?;
+            if due.is_empty() {
+                break;
+            }
+            for entry in due {
+                self.fire_due(&entry, now)?;
+                self.store.cancel_due(&entry.key)?;
+                fired += 1;
+            }
+        }
+        fired += self.fire_cron_slots(now)?;
+        self.store.durable().await?;
+        Ok(fired)
+    }
+
+    fn fire_due(&self, entry: &DueEntry, now: DateTime<Utc>) -> Result<(), EngineError> {
+        let rules = self.rules();
+        let Some(rule) = rules.rule(&entry.rule) else {
+            tracing::warn!(rule = %entry.rule, "a planned job's rule no longer exists; dropped");
+            return Ok(());
+        };
+        let late_by = now - entry.due_at;
+        let grace = chrono::Duration::from_std(self.config.schedule.catch_up).unwrap_or(chrono::Duration::hours(6));
+        let appointment = match &entry.appointment_id {
+            Some(id) => self.store.get_appointment(id)?,
+            None => None,
+        };
+        match &rule.trigger {
+            Trigger::Offset(_) => {
+                let Some(appt) = appointment else {
+                    return Ok(());
+                };
+                if Some(appt.start_utc()) != entry.appointment_start || appt.status == AppointmentStatus::Cancelled {
+                    return Ok(());
+                }
+                let occasion = reminder_occasion(&rule.name, &appt.id, appt.start_utc());
+                if late_by > grace {
+                    self.store.mark_fired(
+                        &occasion,
+                        &Fired {
+                            at: now,
+                            outcome: format!("missed: due {} while the engine was down, past the catch-up grace", entry.due_at.to_rfc3339()),
+                        },
+                    )?;
+                    tracing::warn!(rule = %rule.name, appointment = %appt.id, "reminder missed while down (past catch-up grace)");
+                    return Ok(());
+                }
+                self.fire_reminder(rule, &appt, now)?;
+            }
+            Trigger::NoReply(_) => {
+                let occ = Occasion {
+                    key: format!(
+                        "noreply:{}:{}",
+                        rule.name,
+                        entry.context.get("source_key").and_then(|v| v.as_str()).unwrap_or(&entry.key)
+                    ),
+                    appointment,
+                    message: entry.context.get("message").cloned(),
+                    custom_field: entry.custom_field.clone(),
+                    ..Default::default()
+                };
+                self.run_actions(rule, &occ, now)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Cron rules: the slots since the last one handled. Only the latest missed slot fires,
+    /// and only within the rule's catch-up grace; older ones are recorded as missed.
+    fn fire_cron_slots(&self, now: DateTime<Utc>) -> Result<usize, EngineError> {
+        let rules = self.rules();
+        let mut fired = 0;
+        for rule in rules.rules.iter().filter(|r| r.enabled) {
+            let Trigger::Cron(cron) = &rule.trigger else {
+                continue;
+            };
+            let Some(last) = self.store.cron_last(&rule.name)? else {
+                // First sight of this rule: start counting from now, nothing historical fires.
+                self.store.set_cron_last(&rule.name, now)?;
+                continue;
+            };
+            let mut slot = cron.next_after(last, rule.timezone);
+            let mut latest = None;
+            let mut skipped = 0;
+            while let Some(s) = slot {
+                if s > now {
+                    break;
+                }
+                if let Some(previous) = latest.replace(s) {
+                    skipped += 1;
+                    self.record_missed(&rule.name, previous, now)?;
+                }
+                slot = cron.next_after(s, rule.timezone);
+                if skipped > 10_000 {
+                    break;
+                }
+            }
+            let Some(slot) = latest else {
+                continue;
+            };
+            let grace = chrono::Duration::from_std(cron.catch_up).unwrap_or(chrono::Duration::hours(6));
+            if now - slot > grace {
+                self.record_missed(&rule.name, slot, now)?;
+            } else {
+                self.fire_cron(rule, slot, now)?;
+                fired += 1;
+            }
+            self.store.set_cron_last(&rule.name, slot)?;
+        }
+        Ok(fired)
+    }
+
+    fn record_missed(&self, rule: &str, slot: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), EngineError> {
+        tracing::warn!(rule = %rule, slot = %slot.to_rfc3339(), "cron slot missed while the engine was down");
+        self.store.mark_fired(
+            &format!("cron:{rule}:{}", slot.to_rfc3339()),
+            &Fired {
+                at: now,
+                outcome: "missed: the engine was down past the catch-up grace".into(),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Runs a cron rule for one slot: once per selected appointment with `for_each`, else
+    /// once. Each is its own occasion, so a second firing or a manual run repeats nothing.
+    pub(crate) fn fire_cron(&self, rule: &Rule, slot: DateTime<Utc>, now: DateTime<Utc>) -> Result<usize, EngineError> {
+        let mut ran = 0;
+        match &rule.for_each {
+            Some(for_each) => {
+                let (from, to) = for_each.starts.window(slot, rule.timezone);
+                for appt in self.store.appointments_starting(from, to)? {
+                    if !for_each.status.is_empty() && !for_each.status.iter().any(|s| s == appt.status.as_str()) {
+                        continue;
+                    }
+                    if let Ran::Done { .. } = self.fire_reminder(rule, &appt, now)? {
+                        ran += 1;
+                    }
+                }
+                self.store.mark_fired(
+                    &format!("cron:{}:{}", rule.name, slot.to_rfc3339()),
+                    &Fired {
+                        at: now,
+                        outcome: format!("ran for {ran} appointments"),
+                    },
+                )?;
+            }
+            None => {
+                let occ = Occasion {
+                    key: format!("cron:{}:{}", rule.name, slot.to_rfc3339()),
+                    ..Default::default()
+                };
+                if let Ran::Done { .. } = self.run_actions(rule, &occ, now)? {
+                    ran += 1;
+                }
+            }
+        }
+        tracing::info!(rule = %rule.name, slot = %slot.to_rfc3339(), ran, "cron rule fired");
+        Ok(ran)
+    }
+
+    /// The next moment the scheduler has something to do.
+    fn next_wake(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let mut next = now + chrono::Duration::minutes(1);
+        if let Ok(Some(due)) = self.store.next_due() {
+            next = next.min(due);
+        }
+        let rules = self.rules();
+        for rule in rules.rules.iter().filter(|r| r.enabled) {
+            if let Trigger::Cron(cron) = &rule.trigger {
+                if let Some(s) = cron.next_after(now, rule.timezone) {
+                    next = next.min(s);
+                }
+            }
+        }
+        next.max(now)
+    }
+
+    pub(crate) async fn run_scheduler(&self) {
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::error!(error = %e, "scheduler tick failed; retrying shortly");
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            let wake_at = self.next_wake(self.clock.now());
+            tokio::select! {
+                _ = self.clock.sleep_until(wake_at) => {}
+                _ = self.schedule_wake.notified() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// `POST /api/v1/rules/{name}/run`: fires a cron rule now (its occasions still guard
+    /// against repeats). Returns how many occasions ran.
+    pub fn run_rule_now(&self, name: &str) -> Result<usize, EngineError> {
+        let rules = self.rules();
+        let rule = rules
+            .rule(name)
+            .ok_or_else(|| EngineError::Invalid(format!("no rule named `{name}`")))?;
+        let now = self.clock.now();
+        match &rule.trigger {
+            Trigger::Cron(_) => self.fire_cron(rule, now, now),
+            _ => Err(EngineError::Invalid(format!(
+                "rule `{name}` is not a cron rule: only cron rules can be run by hand"
+            ))),
+        }
+    }
+
+    /// Stores an appointment from the API or an import and reacts to the change.
+    pub fn upsert_appointment(&self, id: &str, body: &serde_json::Value) -> Result<(Appointment, bool), UpsertError> {
+        let now = self.clock.now();
+        let existing = self.store.get_appointment(id).map_err(EngineError::from)?;
+        let appt = Appointment::from_json(id, body, now, existing.as_ref()).map_err(UpsertError::Invalid)?;
+        let previous = self.store.put_appointment(&appt).map_err(EngineError::from)?;
+        self.appointment_changed(previous.as_ref(), &appt, now)?;
+        Ok((appt, previous.is_none()))
+    }
+
+    /// Cancels an appointment: its pending reminders never go.
+    pub fn cancel_appointment(&self, id: &str) -> Result<Option<Appointment>, EngineError> {
+        let now = self.clock.now();
+        let Some(current) = self.store.get_appointment(id)? else {
+            return Ok(None);
+        };
+        let mut updated = current.clone();
+        updated.status = AppointmentStatus::Cancelled;
+        updated.updated_at = now;
+        self.store.put_appointment(&updated)?;
+        self.appointment_changed(Some(&current), &updated, now)?;
+        Ok(Some(updated))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpsertError {
+    #[error("invalid appointment")]
+    Invalid(Vec<crate::appointment::FieldError>),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// The occasion of a reminder: (rule, appointment, appointment start).
+fn reminder_occasion(rule: &str, appointment: &str, start: DateTime<Utc>) -> String {
+    format!("remind:{rule}:{appointment}:{}", start.to_rfc3339())
+}

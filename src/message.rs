@@ -1,0 +1,178 @@
+//! Messages: one record per `send` occasion, from queued through the provider's delivery
+//! events, with its whole status history.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The status words of PRODUCT.md. Delivery moves forward only: `sent < delivered < read`;
+/// `failed`, `unknown` and `skipped` are final for the dispatcher (a late delivery event may
+/// still move `unknown` forward: it proves the send happened).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    Queued,
+    Sending,
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+    Unknown,
+    Skipped,
+}
+
+impl MessageStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+            Self::Failed => "failed",
+            Self::Unknown => "unknown",
+            Self::Skipped => "skipped",
+        }
+    }
+
+    /// Rank along the delivery path; a delivery event applies only when it ranks higher.
+    fn delivery_rank(&self) -> u8 {
+        match self {
+            Self::Queued | Self::Sending | Self::Unknown => 0,
+            Self::Sent => 1,
+            Self::Delivered => 2,
+            Self::Read => 3,
+            Self::Failed | Self::Skipped => 4,
+        }
+    }
+
+    /// Whether a delivery event with status `next` moves a message now at `self` forward.
+    pub fn advances_to(&self, next: MessageStatus) -> bool {
+        match next {
+            Self::Failed => !matches!(self, Self::Failed | Self::Skipped | Self::Read),
+            Self::Sent | Self::Delivered | Self::Read => {
+                !matches!(self, Self::Failed | Self::Skipped) && next.delivery_rank() > self.delivery_rank()
+            }
+            _ => false,
+        }
+    }
+
+    pub fn is_final_for_dispatch(&self) -> bool {
+        !matches!(self, Self::Queued | Self::Sending)
+    }
+}
+
+impl fmt::Display for MessageStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an outbox entry does when dispatched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OutboxKind {
+    Send,
+    Notify { endpoint: String },
+}
+
+/// One status change in a message's life, as it happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub status: MessageStatus,
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Whether the change was applied (a repeated or backwards event is kept, not applied).
+    #[serde(default = "yes")]
+    pub applied: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_date: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A durable outbox entry keyed by its occasion: one per (rule, occasion, action). This is
+/// also the message record the API shows: the provider's `messageId` is attached once known.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// The occasion key plus the action's index: a second attempt at it is a no-op.
+    pub key: String,
+    pub kind: OutboxKind,
+    pub rule: String,
+    pub action_index: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appointment_id: Option<String>,
+    /// The appointment's start when this was planned: if it moved since, the send is skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appointment_start: Option<DateTime<Utc>>,
+    /// Whether the send is about the appointment's time (reminders): those are re-checked
+    /// against cancellation and moves at send time.
+    #[serde(default)]
+    pub recheck_appointment: bool,
+    /// The parts of the rendering context that cannot be re-read at send time (reply,
+    /// delivery event, conversation at the moment of the trigger).
+    pub context: serde_json::Value,
+    pub status: MessageStatus,
+    pub not_before: DateTime<Utc>,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mobile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_field: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_id: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variables: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub timeline: Vec<StatusChange>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl OutboxEntry {
+    pub fn set_status(&mut self, status: MessageStatus, at: DateTime<Utc>, reason: Option<String>) {
+        self.status = status;
+        self.updated_at = at;
+        self.timeline.push(StatusChange {
+            status,
+            at,
+            code: None,
+            reason,
+            applied: true,
+            raw_date: None,
+        });
+    }
+
+    pub fn is_send(&self) -> bool {
+        matches!(self.kind, OutboxKind::Send)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MessageStatus::*;
+
+    #[test]
+    fn delivery_only_moves_forward() {
+        assert!(Sent.advances_to(Delivered));
+        assert!(Sent.advances_to(Read));
+        assert!(!Read.advances_to(Delivered));
+        assert!(!Delivered.advances_to(Delivered));
+        assert!(!Failed.advances_to(Read));
+        assert!(Delivered.advances_to(Failed));
+        assert!(Unknown.advances_to(Sent));
+        assert!(Sending.advances_to(Delivered));
+    }
+}

@@ -1,0 +1,675 @@
+//! The store: the only module that knows sled and its key layout.
+//!
+//! Trees and keys (big-endian timestamps first where order matters, so range scans run in
+//! time order):
+//! - `meta`: `format_version`, `cron/<rule>` → last slot handled (RFC 3339)
+//! - `appointments`: id → [`Appointment`]; `appt_start`: start_ms ++ id → ()
+//! - `outbox`: `e` ++ key → [`OutboxEntry`]; `q` ++ not_before_ms ++ key → () for queued entries
+//! - `msgid`: provider messageId → outbox key
+//! - `conversations`: custom_field → [`Conversation`]
+//! - `fired`: occasion → [`Fired`] (what already fired: idempotency)
+//! - `optout`: mobile → [`OptOut`]
+//! - `inbox`: uuid v7 → webhook event not yet processed
+//! - `orphans`: messageId ++ 0 ++ uuid → delivery event for a message not yet known
+//! - `replies`: uuid v7 → [`Reply`]; `reply_seen`: hash(mobile, text, custom_field) → last ms
+//! - `dead`: uuid v7 → [`DeadLetter`]
+//! - `due`: due_ms ++ key → [`DueEntry`]; `due_keys`: key → due_ms
+//!
+//! Anything acknowledged to someone is made durable first with [`Store::durable`]: one
+//! flusher task serves every waiting writer (group commit), so there is never more than one
+//! `flush_async` in flight (sled 0.34 deadlocks on concurrent ones).
+
+use crate::appointment::Appointment;
+use crate::conversation::{Conversation, DeadLetter, OptOut, Reply};
+use crate::message::{MessageStatus, OutboxEntry};
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at `{path}`: {source}; check that the folder exists, is writable and no other recuerda uses it")]
+    Open { path: String, source: sled::Error },
+    #[error("the store at `{path}` has format version {found}, this recuerda reads version {expected}: restore a matching backup or upgrade recuerda")]
+    Version { path: String, found: String, expected: u32 },
+    #[error("store write failed: {0}; check the data folder's disk space and permissions")]
+    Io(String),
+    #[error("stored record `{key}` in `{tree}` is corrupt: {message}")]
+    Corrupt { tree: &'static str, key: String, message: String },
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Io(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The record that an occasion fired, and what came of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fired {
+    pub at: DateTime<Utc>,
+    /// `queued`, `skipped: …`, `missed: …`, `late-skipped`, …
+    pub outcome: String,
+}
+
+/// A time-driven job: an offset reminder or a no-reply timeout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DueEntry {
+    pub key: String,
+    pub due_at: DateTime<Utc>,
+    pub rule: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appointment_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appointment_start: Option<DateTime<Utc>>,
+    /// Extra context (e.g. the message that got no reply).
+    #[serde(default)]
+    pub context: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_field: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    meta: sled::Tree,
+    appointments: sled::Tree,
+    appt_start: sled::Tree,
+    outbox: sled::Tree,
+    msgid: sled::Tree,
+    conversations: sled::Tree,
+    fired: sled::Tree,
+    optout: sled::Tree,
+    inbox: sled::Tree,
+    orphans: sled::Tree,
+    replies: sled::Tree,
+    reply_seen: sled::Tree,
+    dead: sled::Tree,
+    due: sled::Tree,
+    due_keys: sled::Tree,
+    flush_tx: mpsc::UnboundedSender<oneshot::Sender<std::result::Result<(), String>>>,
+    /// Set when a flush failed: health reports it until a later flush succeeds.
+    write_failing: AtomicBool,
+}
+
+fn ms_key(t: DateTime<Utc>) -> [u8; 8] {
+    // Offset so that times before 1970 still sort correctly as unsigned.
+    ((t.timestamp_millis() as i128 - i64::MIN as i128) as u64).to_be_bytes()
+}
+
+fn ms_from_key(bytes: &[u8]) -> Option<DateTime<Utc>> {
+    let arr: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    let ms = (u64::from_be_bytes(arr) as i128 + i64::MIN as i128) as i64;
+    DateTime::from_timestamp_millis(ms)
+}
+
+fn cat(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+fn to_vec<T: Serialize>(value: &T) -> Vec<u8> {
+    // Our records are plain data: serializing them cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        tree,
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn tx_err(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Io(e.to_string()),
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and starts its flusher. Must be called inside a
+    /// tokio runtime.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let path = dir.display().to_string();
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        let tree = |name: &str| db.open_tree(name).map_err(StoreError::from);
+        let meta = tree("meta")?;
+        match meta.get("format_version")? {
+            None => {
+                meta.insert("format_version", FORMAT_VERSION.to_string().as_bytes())?;
+                db.flush()?;
+            }
+            Some(v) => {
+                let found = String::from_utf8_lossy(&v).into_owned();
+                if found != FORMAT_VERSION.to_string() {
+                    return Err(StoreError::Version {
+                        path,
+                        found,
+                        expected: FORMAT_VERSION,
+                    });
+                }
+            }
+        }
+        let (flush_tx, flush_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            appointments: tree("appointments")?,
+            appt_start: tree("appt_start")?,
+            outbox: tree("outbox")?,
+            msgid: tree("msgid")?,
+            conversations: tree("conversations")?,
+            fired: tree("fired")?,
+            optout: tree("optout")?,
+            inbox: tree("inbox")?,
+            orphans: tree("orphans")?,
+            replies: tree("replies")?,
+            reply_seen: tree("reply_seen")?,
+            dead: tree("dead")?,
+            due: tree("due")?,
+            due_keys: tree("due_keys")?,
+            meta,
+            db: db.clone(),
+            flush_tx,
+            write_failing: AtomicBool::new(false),
+        });
+        tokio::spawn(flusher(db, flush_rx, Arc::downgrade(&inner)));
+        Ok(Store { inner })
+    }
+
+    /// Resolves once everything written before the call is on disk. Many callers share one
+    /// flush (group commit).
+    pub async fn durable(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.flush_tx.send(tx).map_err(|_| StoreError::Closed)?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Io(e)),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// A blocking flush for shutdown, after every writer has stopped.
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// True while the last flush failed (disk full, read-only folder): health shows it.
+    pub fn write_failing(&self) -> bool {
+        self.inner.write_failing.load(Ordering::Relaxed)
+    }
+
+    // ---- appointments --------------------------------------------------------------
+
+    pub fn get_appointment(&self, id: &str) -> Result<Option<Appointment>> {
+        match self.inner.appointments.get(id)? {
+            Some(v) => Ok(Some(decode("appointments", id.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores `appt`, keeping the start index right; returns the previous version.
+    pub fn put_appointment(&self, appt: &Appointment) -> Result<Option<Appointment>> {
+        let i = &self.inner;
+        let previous = (&i.appointments, &i.appt_start)
+            .transaction(|(appointments, appt_start)| {
+                let previous = appointments.insert(appt.id.as_bytes(), to_vec(appt))?;
+                let previous: Option<Appointment> = match previous {
+                    Some(bytes) => Some(
+                        decode("appointments", appt.id.as_bytes(), &bytes)
+                            .map_err(ConflictableTransactionError::Abort)?,
+                    ),
+                    None => None,
+                };
+                if let Some(p) = &previous {
+                    appt_start.remove(cat(&[&ms_key(p.start_utc()), p.id.as_bytes()]))?;
+                }
+                appt_start.insert(cat(&[&ms_key(appt.start_utc()), appt.id.as_bytes()]), &[])?;
+                Ok(previous)
+            })
+            .map_err(tx_err)?;
+        Ok(previous)
+    }
+
+    /// Appointments whose start is in `[from, to)`, in start order.
+    pub fn appointments_starting(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Vec<Appointment>> {
+        let mut out = Vec::new();
+        for item in self.inner.appt_start.range(ms_key(from).to_vec()..ms_key(to).to_vec()) {
+            let (k, _) = item?;
+            let id = String::from_utf8_lossy(&k[8..]).into_owned();
+            if let Some(a) = self.get_appointment(&id)? {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn count_appointments(&self) -> usize {
+        self.inner.appointments.len()
+    }
+
+    // ---- outbox --------------------------------------------------------------------
+
+    /// Queues `entry` unless its key is already in the outbox. Returns whether it was added:
+    /// a second attempt at the same occasion is a no-op.
+    pub fn enqueue(&self, entry: &OutboxEntry) -> Result<bool> {
+        let ekey = cat(&[b"e", entry.key.as_bytes()]);
+        let qkey = cat(&[b"q", &ms_key(entry.not_before), entry.key.as_bytes()]);
+        let value = to_vec(entry);
+        self.inner
+            .outbox
+            .transaction(|t| {
+                if t.get(&ekey)?.is_some() {
+                    return Ok(false);
+                }
+                t.insert(ekey.as_slice(), value.as_slice())?;
+                if entry.status == MessageStatus::Queued {
+                    t.insert(qkey.as_slice(), &[])?;
+                }
+                Ok(true)
+            })
+            .map_err(tx_err)
+    }
+
+    pub fn get_entry(&self, key: &str) -> Result<Option<OutboxEntry>> {
+        match self.inner.outbox.get(cat(&[b"e", key.as_bytes()]))? {
+            Some(v) => Ok(Some(decode("outbox", key.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies `change` to the entry atomically (retried on conflict, so `change` must have no
+    /// side effects) and keeps the queue index in step. Returns the new entry, or `None` when
+    /// there is no such entry or `change` returned `false` (nothing written).
+    pub fn update_entry(
+        &self,
+        key: &str,
+        change: impl Fn(&mut OutboxEntry) -> bool,
+    ) -> Result<Option<OutboxEntry>> {
+        let ekey = cat(&[b"e", key.as_bytes()]);
+        self.inner
+            .outbox
+            .transaction(|t| {
+                let Some(bytes) = t.get(&ekey)? else {
+                    return Ok(None);
+                };
+                let old: OutboxEntry =
+                    decode("outbox", key.as_bytes(), &bytes).map_err(ConflictableTransactionError::Abort)?;
+                let mut new = old.clone();
+                if !change(&mut new) {
+                    return Ok(None);
+                }
+                if old.status == MessageStatus::Queued {
+                    t.remove(cat(&[b"q", &ms_key(old.not_before), key.as_bytes()]))?;
+                }
+                if new.status == MessageStatus::Queued {
+                    t.insert(cat(&[b"q", &ms_key(new.not_before), key.as_bytes()]), &[])?;
+                }
+                t.insert(ekey.as_slice(), to_vec(&new))?;
+                Ok(Some(new))
+            })
+            .map_err(tx_err)
+    }
+
+    /// Queued entries due at or before `now`, earliest first, at most `limit`.
+    pub fn due_outbox(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<OutboxEntry>> {
+        let mut out = Vec::new();
+        let end = cat(&[b"q", &ms_key(now), &[0xff]]);
+        for item in self.inner.outbox.range(b"q".to_vec()..end) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = item?;
+            let key = String::from_utf8_lossy(&k[9..]).into_owned();
+            if let Some(e) = self.get_entry(&key)? {
+                if e.status == MessageStatus::Queued {
+                    out.push(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the next queued entry falls due, if any.
+    pub fn next_outbox_due(&self) -> Result<Option<DateTime<Utc>>> {
+        match self.inner.outbox.scan_prefix(b"q").next() {
+            Some(item) => {
+                let (k, _) = item?;
+                Ok(ms_from_key(&k[1..]))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Number of entries waiting in the queue.
+    pub fn outbox_depth(&self) -> usize {
+        self.inner.outbox.scan_prefix(b"q").count()
+    }
+
+    /// Every outbox entry, in key order (for the API and recovery scans).
+    pub fn outbox_entries(&self) -> impl Iterator<Item = Result<OutboxEntry>> + '_ {
+        self.inner.outbox.scan_prefix(b"e").map(|item| {
+            let (k, v) = item?;
+            decode("outbox", &k[1..], &v)
+        })
+    }
+
+    pub fn link_message_id(&self, message_id: &str, key: &str) -> Result<()> {
+        self.inner.msgid.insert(message_id, key.as_bytes())?;
+        Ok(())
+    }
+
+    pub fn entry_by_message_id(&self, message_id: &str) -> Result<Option<OutboxEntry>> {
+        match self.inner.msgid.get(message_id)? {
+            Some(key) => self.get_entry(&String::from_utf8_lossy(&key)),
+            None => Ok(None),
+        }
+    }
+
+    // ---- orphan delivery events --------------------------------------------------------
+
+    pub fn park_orphan(&self, message_id: &str, event: &serde_json::Value) -> Result<()> {
+        let key = cat(&[message_id.as_bytes(), &[0], uuid::Uuid::now_v7().as_bytes()]);
+        self.inner.orphans.insert(key, to_vec(event))?;
+        Ok(())
+    }
+
+    /// Removes and returns the events parked for `message_id`, oldest first.
+    pub fn take_orphans(&self, message_id: &str) -> Result<Vec<serde_json::Value>> {
+        let prefix = cat(&[message_id.as_bytes(), &[0]]);
+        let mut out = Vec::new();
+        for item in self.inner.orphans.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            out.push(decode("orphans", &k, &v)?);
+            self.inner.orphans.remove(k)?;
+        }
+        Ok(out)
+    }
+
+    // ---- occasions -------------------------------------------------------------------
+
+    /// Records that `occasion` fired; returns false if it already had.
+    pub fn mark_fired(&self, occasion: &str, fired: &Fired) -> Result<bool> {
+        let swapped = self
+            .inner
+            .fired
+            .compare_and_swap(occasion, None as Option<&[u8]>, Some(to_vec(fired)))?;
+        Ok(swapped.is_ok())
+    }
+
+    pub fn fired(&self, occasion: &str) -> Result<Option<Fired>> {
+        match self.inner.fired.get(occasion)? {
+            Some(v) => Ok(Some(decode("fired", occasion.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every occasion record whose key starts with `prefix`.
+    pub fn fired_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Fired)>> {
+        let mut out = Vec::new();
+        for item in self.inner.fired.scan_prefix(prefix) {
+            let (k, v) = item?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), decode("fired", &k, &v)?));
+        }
+        Ok(out)
+    }
+
+    // ---- conversations -------------------------------------------------------------
+
+    pub fn get_conversation(&self, custom_field: &str) -> Result<Option<Conversation>> {
+        match self.inner.conversations.get(custom_field)? {
+            Some(v) => Ok(Some(decode("conversations", custom_field.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Read-modify-write of one conversation, atomic against other writers (retried on
+    /// conflict, so `change` must have no side effects). Creates it when absent.
+    pub fn update_conversation(
+        &self,
+        custom_field: &str,
+        now: DateTime<Utc>,
+        change: impl Fn(&mut Conversation),
+    ) -> Result<Conversation> {
+        self.inner
+            .conversations
+            .transaction(|t| {
+                let mut conv = match t.get(custom_field)? {
+                    Some(bytes) => decode("conversations", custom_field.as_bytes(), &bytes)
+                        .map_err(ConflictableTransactionError::Abort)?,
+                    None => Conversation::new(custom_field, now),
+                };
+                change(&mut conv);
+                t.insert(custom_field.as_bytes(), to_vec(&conv))?;
+                Ok(conv)
+            })
+            .map_err(tx_err)
+    }
+
+    // ---- opt-outs ------------------------------------------------------------------
+
+    pub fn opt_out(&self, record: &OptOut) -> Result<()> {
+        self.inner.optout.insert(record.mobile.as_bytes(), to_vec(record))?;
+        Ok(())
+    }
+
+    pub fn opt_in(&self, mobile: &str) -> Result<bool> {
+        Ok(self.inner.optout.remove(mobile)?.is_some())
+    }
+
+    pub fn is_opted_out(&self, mobile: &str) -> Result<bool> {
+        Ok(self.inner.optout.contains_key(mobile)?)
+    }
+
+    // ---- webhook inbox, replies, dead letters --------------------------------------------
+
+    /// Keeps a webhook event until it is processed; returns its id (time-ordered).
+    pub fn push_inbox(&self, event: &serde_json::Value) -> Result<String> {
+        let id = uuid::Uuid::now_v7();
+        self.inner.inbox.insert(id.as_bytes(), to_vec(event))?;
+        Ok(id.to_string())
+    }
+
+    /// Unprocessed webhook events, oldest first.
+    pub fn inbox(&self) -> Result<Vec<(String, serde_json::Value)>> {
+        let mut out = Vec::new();
+        for item in self.inner.inbox.iter() {
+            let (k, v) = item?;
+            let id = uuid::Uuid::from_slice(&k).map(|u| u.to_string()).unwrap_or_default();
+            out.push((id, decode("inbox", &k, &v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn remove_inbox(&self, id: &str) -> Result<()> {
+        if let Ok(u) = uuid::Uuid::parse_str(id) {
+            self.inner.inbox.remove(u.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    pub fn inbox_depth(&self) -> usize {
+        self.inner.inbox.len()
+    }
+
+    /// Stores a reply, or overwrites one with the same id.
+    pub fn put_reply(&self, reply: &Reply) -> Result<()> {
+        self.inner.replies.insert(reply.id.as_bytes(), to_vec(reply))?;
+        Ok(())
+    }
+
+    pub fn get_reply(&self, id: &str) -> Result<Option<Reply>> {
+        match self.inner.replies.get(id)? {
+            Some(v) => Ok(Some(decode("replies", id.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn replies(&self) -> impl Iterator<Item = Result<Reply>> + '_ {
+        self.inner.replies.iter().map(|item| {
+            let (k, v) = item?;
+            decode("replies", &k, &v)
+        })
+    }
+
+    /// Records that a reply with this fingerprint was seen at `at`; returns when it was seen
+    /// before, if ever.
+    pub fn reply_seen(&self, fingerprint: &str, at: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        let previous = self.inner.reply_seen.insert(fingerprint, &ms_key(at))?;
+        Ok(previous.and_then(|p| ms_from_key(&p)))
+    }
+
+    pub fn put_dead_letter(&self, letter: &DeadLetter) -> Result<()> {
+        self.inner.dead.insert(letter.id.as_bytes(), to_vec(letter))?;
+        Ok(())
+    }
+
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        self.inner
+            .dead
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                decode("dead", &k, &v)
+            })
+            .collect()
+    }
+
+    // ---- due queue -----------------------------------------------------------------
+
+    /// Plans `entry` (replacing any plan with the same key).
+    pub fn schedule_due(&self, entry: &DueEntry) -> Result<()> {
+        let i = &self.inner;
+        (&i.due, &i.due_keys)
+            .transaction(|(due, due_keys)| {
+                if let Some(old) = due_keys.get(entry.key.as_bytes())? {
+                    due.remove(cat(&[&old, entry.key.as_bytes()]))?;
+                }
+                let at = ms_key(entry.due_at);
+                due.insert(cat(&[&at, entry.key.as_bytes()]), to_vec(entry))?;
+                due_keys.insert(entry.key.as_bytes(), &at)?;
+                Ok(())
+            })
+            .map_err(tx_err)
+    }
+
+    /// Removes the plan with this key; returns whether there was one.
+    pub fn cancel_due(&self, key: &str) -> Result<bool> {
+        let i = &self.inner;
+        (&i.due, &i.due_keys)
+            .transaction(|(due, due_keys)| {
+                let Some(old) = due_keys.remove(key.as_bytes())? else {
+                    return Ok(false);
+                };
+                due.remove(cat(&[&old, key.as_bytes()]))?;
+                Ok(true)
+            })
+            .map_err(tx_err)
+    }
+
+    /// Planned entries whose key starts with `prefix` (e.g. every plan of one appointment).
+    pub fn due_keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        self.inner
+            .due_keys
+            .scan_prefix(prefix)
+            .map(|item| item.map(|(k, _)| String::from_utf8_lossy(&k).into_owned()).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Entries due at or before `now`, earliest first.
+    pub fn due_until(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueEntry>> {
+        let end = cat(&[&ms_key(now), &[0xff]]);
+        let mut out = Vec::new();
+        for item in self.inner.due.range(..end) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            out.push(decode("due", &k, &v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
+        match self.inner.due.iter().next() {
+            Some(item) => Ok(ms_from_key(&item?.0)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn due_depth(&self) -> usize {
+        self.inner.due_keys.len()
+    }
+
+    // ---- cron bookkeeping ------------------------------------------------------------
+
+    pub fn cron_last(&self, rule: &str) -> Result<Option<DateTime<Utc>>> {
+        match self.inner.meta.get(format!("cron/{rule}"))? {
+            Some(v) => Ok(ms_from_key(&v)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn set_cron_last(&self, rule: &str, slot: DateTime<Utc>) -> Result<()> {
+        self.inner.meta.insert(format!("cron/{rule}"), &ms_key(slot))?;
+        Ok(())
+    }
+}
+
+async fn flusher(
+    db: sled::Db,
+    mut rx: mpsc::UnboundedReceiver<oneshot::Sender<std::result::Result<(), String>>>,
+    inner: std::sync::Weak<Inner>,
+) {
+    while let Some(first) = rx.recv().await {
+        // Everyone queued now wrote before this flush starts, so one flush covers them all.
+        let mut waiters = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        let result = db.flush_async().await.map(|_| ()).map_err(|e| e.to_string());
+        if let Some(inner) = inner.upgrade() {
+            inner.write_failing.store(result.is_err(), Ordering::Relaxed);
+        }
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_keys_sort_in_time_order() {
+        let a = DateTime::from_timestamp(-10, 0).unwrap();
+        let b = DateTime::from_timestamp(5, 0).unwrap();
+        let c = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        assert!(ms_key(a) < ms_key(b) && ms_key(b) < ms_key(c));
+        assert_eq!(ms_from_key(&ms_key(c)), Some(c));
+    }
+}
