@@ -2,5 +2,6 @@
 
 mod cli;
 mod provider;
+mod render;
 mod rules;
 mod simulator;
