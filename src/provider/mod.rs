@@ -1,11 +1,18 @@
 //! The contacto-virtual API: client, domain types that are valid once built, webhook payloads.
-// TEMPORARY stand-in until the provider branch merges.
-#[derive(Debug, Clone)]
-pub struct Mobile(String);
-impl Mobile {
-    pub fn parse(s: &str) -> Result<Mobile, String> {
-        let d: String = s.chars().filter(|c| c.is_ascii_digit()).collect();
-        if d.len() == 12 { Ok(Mobile(d)) } else { Err(format!("bad mobile {s}")) }
-    }
-    pub fn as_str(&self) -> &str { &self.0 }
-}
+//! Only this module knows the provider's wire format.
+
+mod client;
+mod error;
+pub mod types;
+pub mod webhook;
+
+pub use client::{Client, RemoteTemplate};
+pub use error::{
+    failure_reason, Call, CodeClass, Disposition, ProviderCode, ProviderError, EXCERPT_CHARS,
+};
+pub use types::{
+    count_placeholders, CustomField, CustomFieldError, InvalidSend, MediaUrl, MediaUrlError,
+    MessageId, MessageIdError, Mobile, MobileError, SendRequest, TemplateId, TemplateIdError,
+    Variables, VariablesError,
+};
+pub use webhook::{DeliveryStatus, ReplyEvent, StatusEvent, WebhookError, WebhookEvent};

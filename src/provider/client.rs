@@ -1,0 +1,396 @@
+//! The HTTP client for the provider's three calls: `send`, `balance`, `templates`. It alone
+//! knows the wire format (multipart for `send`, url-encoded forms for the others, the answers'
+//! quirks) and turns every outcome into a typed value or a [`ProviderError`].
+
+use super::error::{consequence, excerpt, Call, ProviderCode, ProviderError};
+use super::types::{count_placeholders, MessageId, SendRequest};
+use crate::config::ProviderConfig;
+use crate::secret::Secret;
+use reqwest::multipart::Form;
+use reqwest::{StatusCode, Url};
+use serde_json::Value;
+use std::fmt;
+use std::time::Duration;
+
+/// A template as the provider lists it (`POST /template/`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RemoteTemplate {
+    /// The numeric id, when the answer carries one (`id_template` or `id`); the provider's
+    /// documentation shows none.
+    pub id: Option<u32>,
+    /// `nombre_plantilla`.
+    pub name: String,
+    /// `plantilla_aprobada`: the body with `{1}…{n}` placeholders.
+    pub body: String,
+    /// `status` as the provider wrote it.
+    pub status: String,
+    /// Distinct `{n}` placeholders in `body`.
+    pub placeholders: usize,
+}
+
+/// A client for one provider account. Cheap to clone (the connection pool is shared).
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base_url: String,
+    login: String,
+    token: Secret,
+    timeout: Duration,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.base_url)
+            .field("login", &self.login)
+            .field("token", &self.token)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client for the account in the config; errors when the login or token is missing.
+    pub fn new(config: &ProviderConfig) -> Result<Client, ProviderError> {
+        let login = config
+            .login
+            .clone()
+            .filter(|l| !l.trim().is_empty())
+            .ok_or(ProviderError::MissingCredentials {
+                what: "login",
+                env: "RECUERDA_PROVIDER_LOGIN",
+            })?;
+        let token = config
+            .token
+            .clone()
+            .filter(|t| !t.expose().trim().is_empty())
+            .ok_or(ProviderError::MissingCredentials {
+                what: "token",
+                env: "RECUERDA_PROVIDER_TOKEN",
+            })?;
+        Client::from_parts(
+            &config.base_url,
+            login,
+            token,
+            config.connect_timeout,
+            config.timeout,
+        )
+    }
+
+    /// A client from explicit parts (tests, the simulator's checks). `base_url` has no
+    /// trailing slash needed; one is tolerated.
+    pub fn from_parts(
+        base_url: &str,
+        login: impl Into<String>,
+        token: Secret,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Client, ProviderError> {
+        let base_url = base_url.trim().trim_end_matches('/').to_string();
+        let parsed = Url::parse(&base_url).map_err(|e| ProviderError::BaseUrl {
+            base_url: base_url.clone(),
+            reason: e.to_string(),
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ProviderError::BaseUrl {
+                base_url,
+                reason: "it must start with `https://` (or `http://` for a local simulator)".into(),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .timeout(timeout)
+            // A send has no idempotency key: whether to try again is the engine's decision,
+            // made from `ProviderError::disposition`, never the HTTP library's.
+            .retry(reqwest::retry::never())
+            // A redirected POST turns into a GET without its body; a redirect here means a
+            // wrong `base_url`, which the error should say rather than hide.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("recuerda/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(ProviderError::Build)?;
+        Ok(Client {
+            http,
+            base_url,
+            login: login.into(),
+            token,
+            timeout,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Sends one template message; on success, the provider's `messageId`.
+    ///
+    /// Failures say through [`ProviderError::disposition`] whether the message provably was
+    /// not sent (retry), was refused (and why), or may have been sent (unknown).
+    pub async fn send(&self, req: &SendRequest) -> Result<MessageId, ProviderError> {
+        let mut form = Form::new()
+            .text("login", self.login.clone())
+            .text("token", self.token.expose().to_string())
+            .text("id_template", req.template.to_string())
+            .text("mobile", req.mobile.as_str().to_string());
+        if let Some(variables) = req.variables.to_wire() {
+            form = form.text("template_variables", variables);
+        }
+        if let Some(media) = &req.media {
+            form = form.text("media", media.as_str().to_string());
+        }
+        if let Some(custom_field) = &req.custom_field {
+            form = form.text("custom_field", custom_field.as_str().to_string());
+        }
+        tracing::debug!(template = %req.template, mobile = %req.mobile.masked(), "provider send");
+        let request = self.http.post(self.url(Call::Send)).multipart(form);
+        let (status, body) = self.exchange(Call::Send, request).await?;
+        let value = self.json(Call::Send, status, &body)?;
+        match code_of(&value) {
+            Some(1) => {
+                let id = value
+                    .get("messageId")
+                    .and_then(scalar_text)
+                    .and_then(|text| MessageId::parse(&text).ok());
+                id.ok_or_else(|| {
+                    self.unexpected(Call::Send, status, &body, "code 1 without a `messageId`")
+                })
+            }
+            Some(code) => Err(match ProviderCode::from_code(code) {
+                Some(code) => ProviderError::Refused(code),
+                None => self.unexpected(
+                    Call::Send,
+                    status,
+                    &body,
+                    &format!("undocumented code {code}"),
+                ),
+            }),
+            None => Err(self.unexpected(Call::Send, status, &body, "no `code` field")),
+        }
+    }
+
+    /// The account's balance (the provider sends it as a string; a number is accepted too).
+    pub async fn balance(&self) -> Result<i64, ProviderError> {
+        let request = self.http.post(self.url(Call::Balance)).form(&self.auth());
+        let (status, body) = self.exchange(Call::Balance, request).await?;
+        let value = self.json(Call::Balance, status, &body)?;
+        match code_of(&value) {
+            Some(code @ (2 | 3)) => {
+                if let Some(code) = ProviderCode::from_code(code) {
+                    return Err(ProviderError::Refused(code));
+                }
+            }
+            Some(1) | None => {}
+            Some(code) => {
+                return Err(self.unexpected(
+                    Call::Balance,
+                    status,
+                    &body,
+                    &format!("undocumented code {code}"),
+                ))
+            }
+        }
+        value
+            .get("balance")
+            .and_then(parse_balance)
+            .ok_or_else(|| self.unexpected(Call::Balance, status, &body, "no numeric `balance`"))
+    }
+
+    /// The account's templates (approved, pending or rejected). Code 4 ("no approved
+    /// templates") is an empty list, not an error.
+    pub async fn templates(&self) -> Result<Vec<RemoteTemplate>, ProviderError> {
+        let request = self.http.post(self.url(Call::Templates)).form(&self.auth());
+        let (status, body) = self.exchange(Call::Templates, request).await?;
+        let value = self.json(Call::Templates, status, &body)?;
+        let items = match &value {
+            Value::Array(items) => items,
+            Value::Object(_) => {
+                return match code_of(&value) {
+                    Some(4) => Ok(Vec::new()),
+                    Some(code @ (2 | 3)) => match ProviderCode::from_code(code) {
+                        Some(code) => Err(ProviderError::Refused(code)),
+                        None => Err(self.unexpected(Call::Templates, status, &body, "bad code")),
+                    },
+                    _ => Err(self.unexpected(
+                        Call::Templates,
+                        status,
+                        &body,
+                        "an object where a list of templates was expected",
+                    )),
+                }
+            }
+            _ => {
+                return Err(self.unexpected(
+                    Call::Templates,
+                    status,
+                    &body,
+                    "not a list of templates",
+                ))
+            }
+        };
+        let mut templates = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            match remote_template(item) {
+                Some(t) => templates.push(t),
+                None => tracing::warn!(
+                    index,
+                    "provider listed a template without `nombre_plantilla` or `plantilla_aprobada`; skipped"
+                ),
+            }
+        }
+        Ok(templates)
+    }
+
+    fn url(&self, call: Call) -> String {
+        format!("{}{}", self.base_url, call.path())
+    }
+
+    fn auth(&self) -> [(&'static str, &str); 2] {
+        [("login", &self.login), ("token", self.token.expose())]
+    }
+
+    fn secrets(&self) -> [&str; 2] {
+        [self.token.expose(), &self.login]
+    }
+
+    /// Performs the request and reads the whole answer, sorting transport failures and
+    /// retryable statuses into their errors.
+    async fn exchange(
+        &self,
+        call: Call,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, bytes::Bytes), ProviderError> {
+        let response = request.send().await.map_err(|e| self.transport(call, e))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| self.transport(call, e))?;
+        tracing::debug!(call = call.path(), status = status.as_u16(), "provider answered");
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            return Err(ProviderError::Unavailable {
+                call,
+                status: status.as_u16(),
+                excerpt: excerpt(&body, &self.secrets()),
+            });
+        }
+        Ok((status, body))
+    }
+
+    fn json(&self, call: Call, status: StatusCode, body: &[u8]) -> Result<Value, ProviderError> {
+        if status.is_redirection() {
+            return Err(self.unexpected(
+                call,
+                status,
+                body,
+                "a redirect: check `provider.base_url` (no trailing slash, the API's path included)",
+            ));
+        }
+        serde_json::from_slice(body).map_err(|_| self.unexpected(call, status, body, "not JSON"))
+    }
+
+    fn unexpected(&self, call: Call, status: StatusCode, body: &[u8], reason: &str) -> ProviderError {
+        ProviderError::UnexpectedAnswer {
+            call,
+            status: status.as_u16(),
+            reason: reason.to_string(),
+            excerpt: excerpt(body, &self.secrets()),
+            consequence: match call {
+                Call::Send => "; the message may or may not have been sent, it is not re-sent automatically",
+                Call::Balance | Call::Templates => "",
+            },
+        }
+    }
+
+    fn transport(&self, call: Call, error: reqwest::Error) -> ProviderError {
+        // `is_connect` means no connection was made, so no byte of the request left; a builder
+        // error stops before connecting. Anything else may have reached the provider.
+        if error.is_connect() || error.is_builder() {
+            return ProviderError::NotSent {
+                call,
+                detail: self.describe(&error),
+            };
+        }
+        if error.is_timeout() {
+            return ProviderError::Timeout {
+                call,
+                timeout: self.timeout,
+                consequence: consequence(call),
+            };
+        }
+        ProviderError::Interrupted {
+            call,
+            detail: self.describe(&error),
+            consequence: consequence(call),
+        }
+    }
+
+    /// The error and its causes on one line, without the token.
+    fn describe(&self, error: &reqwest::Error) -> String {
+        let mut text = error.to_string();
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        excerpt(text.as_bytes(), &self.secrets())
+    }
+}
+
+/// `code` as a number or a numeric string.
+fn code_of(value: &Value) -> Option<u32> {
+    match value.get("code")? {
+        Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A string, or a number written as text.
+fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn parse_balance(value: &Value) -> Option<i64> {
+    let text = scalar_text(value)?;
+    let text = text.trim();
+    text.parse::<i64>().ok().or_else(|| {
+        // A decimal balance ("163.50") counts its whole units: what can still be spent.
+        text.parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(|f| f.floor() as i64)
+    })
+}
+
+fn remote_template(item: &Value) -> Option<RemoteTemplate> {
+    let text = |keys: &[&str]| keys.iter().find_map(|k| item.get(*k).and_then(scalar_text));
+    let name = text(&["nombre_plantilla", "nombre", "name"]);
+    let body = text(&["plantilla_aprobada", "plantilla", "body"]);
+    if name.is_none() && body.is_none() {
+        return None;
+    }
+    let body = body.unwrap_or_default();
+    let id = text(&["id_template", "id"]).and_then(|s| s.trim().parse().ok());
+    Some(RemoteTemplate {
+        id,
+        name: name.unwrap_or_default(),
+        placeholders: count_placeholders(&body),
+        body,
+        status: text(&["status"]).unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balance_accepts_strings_numbers_and_decimals() {
+        assert_eq!(parse_balance(&Value::from("163")), Some(163));
+        assert_eq!(parse_balance(&Value::from(163)), Some(163));
+        assert_eq!(parse_balance(&Value::from("163.75")), Some(163));
+        assert_eq!(parse_balance(&Value::from("mucho")), None);
+    }
+}
