@@ -303,7 +303,7 @@ impl Engine {
         let rules = self.rules();
         for rule in rules.rules.iter().filter(|r| r.enabled) {
             if let Trigger::Appointment(c) = &rule.trigger {
-                if *c == change {
+                if c == change {
                     let occ = Occasion {
                         key: format!(
                             "appointment:{}:{}:{}:{}",

@@ -239,7 +239,7 @@ impl Engine {
         let outcome = match result {
             Ok(id) => Outcome::Sent(id.as_str().to_string()),
             Err(e) => {
-                let code = e.code();
+                let code = e.code().map(|c| c.code());
                 let reason = e.to_string();
                 match e.disposition() {
                     Disposition::Retry => {
@@ -397,7 +397,7 @@ impl Engine {
             .clone()
             .or_else(|| appointment.as_ref().map(|a| a.mobile.clone()))
             .or_else(|| ctx.pointer("/reply/mobile").and_then(Value::as_str).map(str::to_string));
-        let Some(to) = to else {
+        let Some(to): Option<String> = to else {
             return refuse("no recipient: the rule has no `to` and the occasion has no appointment or reply".into());
         };
         let mobile = match Mobile::parse(&to) {
@@ -425,7 +425,7 @@ impl Engine {
         };
         let custom_field_text = entry.custom_field.clone().or(rendered.custom_field.clone());
         let custom_field = match custom_field_text.as_deref().filter(|c| !c.is_empty()) {
-            Some(c) => match CustomField::new(c) {
+            Some(c) => match CustomField::parse(c) {
                 Ok(c) => Some(c),
                 Err(e) => return refuse(e.to_string()),
             },

@@ -39,7 +39,7 @@ impl Engine {
             }
             Err(e) => {
                 let intake = match e {
-                    webhook::WebhookError::Malformed(_) => Intake::Malformed,
+                    webhook::WebhookError::Malformed { .. } => Intake::Malformed,
                     _ => Intake::UnknownShape,
                 };
                 Counters::bump(&self.counters.dead_letters);
