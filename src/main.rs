@@ -4,7 +4,12 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = recuerda::cli::Cli::parse();
-    recuerda::cli::init_tracing(cli.log_format);
+    // The demo prints its own readable lines; its logs show only problems.
+    let level = match cli.command {
+        recuerda::cli::Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    recuerda::cli::init_tracing(cli.log_format, level);
     match recuerda::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 pub mod balance;
 pub mod check;
+pub mod demo;
 pub mod preview;
 pub mod send;
 pub mod serve;
@@ -40,6 +41,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Watch the engine remind simulated patients, on its built-in simulator (start here).
+    Demo(demo::DemoArgs),
     /// Run the engine: webhook, API, scheduler and dispatcher.
     Serve(serve::ServeArgs),
     /// Validate rules and templates; every problem with file:line:column.
@@ -61,9 +64,9 @@ pub fn load_config(cli_config: Option<&std::path::Path>) -> anyhow::Result<Confi
     Ok(Config::load(cli_config)?)
 }
 
-pub fn init_tracing(format: LogFormat) {
+pub fn init_tracing(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("RECUERDA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("RECUERDA_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -76,6 +79,7 @@ pub fn init_tracing(format: LogFormat) {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config_path = cli.config.as_deref();
     match cli.command {
+        Command::Demo(args) => demo::run(args, load_config(config_path)?).await,
         Command::Serve(args) => serve::run(args, load_config(config_path)?).await,
         Command::Check(args) => check::run(args, load_config(config_path)?).await,
         Command::Preview(args) => preview::run(args, load_config(config_path)?).await,

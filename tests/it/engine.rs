@@ -1,0 +1,369 @@
+//! The engine end to end: the real engine and the provider simulator on port 0, a temporary
+//! sled folder, real HTTP both ways.
+
+use recuerda::app::{self, Running};
+use recuerda::clock::SystemClock;
+use recuerda::config::Config;
+use recuerda::secret::Secret;
+use recuerda::simulator::{Account, DeliveryEvent, Fault, SimConfig, SimHandle, SimTemplate, Simulator};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const LOGIN: &str = "clinica@example.com";
+pub const TOKEN: &str = "tok-3f9a0c2b7e";
+pub const API_TOKEN: &str = "api-token-for-tests-0123456789";
+
+pub const TEMPLATES: &[(u32, &str, &str, &[&str])] = &[
+    (
+        990,
+        "Recordatorio",
+        "Hola {1}, le recordamos su cita el {2} a las {3}. Responda 1 para confirmar o 2 para cancelar.",
+        &["{{primer_nombre appointment.paciente}}", "{{fecha appointment.start}}", "{{hora appointment.start}}"],
+    ),
+    (991, "Confirmada", "{1}, su cita quedó confirmada. ¡Gracias!", &["{{primer_nombre appointment.paciente}}"]),
+    (992, "Cancelada", "{1}, su cita fue cancelada.", &["{{primer_nombre appointment.paciente}}"]),
+    (996, "Ayuda", "No entendimos \"{1}\". Responda 1 para confirmar o 2 para cancelar.", &["{{reply.message}}"]),
+];
+
+pub const RULES: &str = r#"
+rules:
+  - name: confirmacion-reserva
+    trigger: {appointment: created}
+    actions:
+      - send: {template: 990, custom_field: "cita-{{appointment.id}}"}
+      - set_state: esperando
+  - name: confirma
+    trigger:
+      reply: {custom_field: "cita-*", text: "^(1|si|sí)\\b"}
+    actions:
+      - update_appointment: {status: confirmed}
+      - set_state: confirmada
+      - send: {template: 991}
+  - name: cancela
+    trigger:
+      reply: {custom_field: "cita-*", text: "^(2|no)\\b"}
+    actions:
+      - update_appointment: {status: cancelled}
+      - set_state: cancelada
+      - send: {template: 992}
+  - name: ayuda
+    trigger:
+      reply: {custom_field: "cita-*"}
+    actions:
+      - send: {template: 996}
+"#;
+
+pub struct TestApp {
+    pub sim: SimHandle,
+    pub app: Option<Running>,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+impl TestApp {
+    pub fn app(&self) -> &Running {
+        self.app.as_ref().expect("running")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.app().base_url())
+    }
+
+    pub async fn put_appointment(&self, id: &str, body: Value) -> reqwest::Response {
+        self.http
+            .put(self.url(&format!("/api/v1/appointments/{id}")))
+            .bearer_auth(API_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("api reachable")
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let r = self.http.get(self.url(path)).bearer_auth(API_TOKEN).send().await.expect("api reachable");
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.expect("json")
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
+        self.sim.shutdown().await;
+    }
+}
+
+pub fn write_folder(dir: &std::path::Path, rules: &str) -> Config {
+    let rules_dir = dir.join("rules");
+    let templates_dir = dir.join("templates");
+    std::fs::create_dir_all(&rules_dir).unwrap();
+    std::fs::create_dir_all(&templates_dir).unwrap();
+    std::fs::write(rules_dir.join("reglas.yaml"), rules).unwrap();
+    for (id, name, body, vars) in TEMPLATES {
+        let vars: Vec<String> = vars.iter().map(|v| format!("  - {:?}", v)).collect();
+        std::fs::write(
+            templates_dir.join(format!("{id}.yaml")),
+            format!("id: {id}\nname: {name:?}\nbody: {body:?}\nvariables:\n{}\n", vars.join("\n")),
+        )
+        .unwrap();
+    }
+    let mut config = Config::default();
+    config.rules_dir = rules_dir;
+    config.templates_dir = templates_dir;
+    config.data_dir = dir.join("data");
+    config
+}
+
+pub fn sim_config() -> SimConfig {
+    SimConfig {
+        accounts: vec![Account {
+            login: LOGIN.into(),
+            token: Secret::new(TOKEN),
+            balance: 1000,
+            chatbot: true,
+            templates: None,
+        }],
+        templates: TEMPLATES
+            .iter()
+            .map(|(id, name, body, _)| SimTemplate {
+                id: *id,
+                name: name.to_string(),
+                body: body.to_string(),
+                status: Default::default(),
+            })
+            .collect(),
+        webhook_url: None,
+        delays: recuerda::simulator::Delays {
+            sent: Duration::from_millis(5),
+            delivered: Duration::from_millis(10),
+            read: Duration::from_millis(15),
+            reply: Duration::from_millis(20),
+        },
+        failures: BTreeMap::new(),
+        patients: BTreeMap::new(),
+    }
+}
+
+pub async fn spawn_app(rules: &str, sim: SimConfig, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::start(sim, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut config = write_folder(dir.path(), rules);
+    config.provider.base_url = sim.base_url();
+    config.provider.login = Some(LOGIN.into());
+    config.provider.token = Some(Secret::new(TOKEN));
+    config.provider.rate_per_second = 500;
+    config.provider.retry_base = Duration::from_millis(20);
+    config.provider.balance_poll = Duration::from_millis(50);
+    config.provider.timeout = Duration::from_secs(2);
+    config.webhook.secret = Some(Secret::generate(48));
+    config.api.token = Some(Secret::new(API_TOKEN));
+    tweak(&mut config);
+    let rules = app::load_rules(&config).expect("test rules load");
+    let running = app::start(config, rules, Arc::new(SystemClock), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("engine starts");
+    sim.set_webhook_url(running.webhook_url()).unwrap();
+    TestApp {
+        sim,
+        app: Some(running),
+        dir,
+        http: reqwest::Client::new(),
+    }
+}
+
+/// Polls `check` until it returns `Some`, for at most 5 s.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn appointment(mobile: &str) -> Value {
+    json!({"mobile": mobile, "start": "2030-11-26T15:30:00-05:00", "status": "scheduled",
+           "paciente": "carlos andrés pérez", "profesional": "Dra. Gómez", "sede": "norte"})
+}
+
+async fn message_status(t: &TestApp, mobile: &str, template: u32) -> Option<Value> {
+    let list = t.get(&format!("/api/v1/messages?mobile={mobile}")).await;
+    list["messages"]
+        .as_array()?
+        .iter()
+        .find(|m| m["template_id"] == template)
+        .cloned()
+}
+
+#[tokio::test]
+async fn send_then_sent_delivered_read_and_replays_change_nothing() {
+    let t = spawn_app(RULES, sim_config(), |_| {}).await;
+    let r = t.put_appointment("A1", appointment("+57 310 233 4455")).await;
+    assert_eq!(r.status(), 201);
+    let again = t.put_appointment("A1", appointment("+57 310 233 4455")).await;
+    assert_eq!(again.status(), 200);
+
+    let msg = eventually("the reminder reads `read`", || async {
+        message_status(&t, "573102334455", 990).await.filter(|m| m["status"] == "read")
+    })
+    .await;
+    let id = msg["message_id"].as_str().unwrap().to_string();
+    let sends = t.sim.sends();
+    assert_eq!(sends.len(), 1, "one send for one booking, even after the PUT was repeated");
+    assert_eq!(sends[0].variables, vec!["Carlos", "martes 26 de noviembre", "3:30 p. m."]);
+    assert_eq!(sends[0].custom_field.as_deref(), Some("cita-A1"));
+
+    // The same events again, and out of order: the status stays `read`.
+    for event in [DeliveryEvent::Delivered, DeliveryEvent::Sent, DeliveryEvent::Read, DeliveryEvent::Delivered] {
+        t.sim.push_event(&id, event, None).await.unwrap();
+    }
+    let engine = &t.app().engine;
+    engine.drain_inbox().await.unwrap();
+    let msg = t.get(&format!("/api/v1/messages/{id}")).await;
+    assert_eq!(msg["status"], "read");
+    let applied: Vec<&str> = msg["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["applied"] == true)
+        .map(|c| c["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(applied, ["queued", "sending", "sent", "delivered", "read"]);
+    t.shutdown().await;
+}
+
+#[tokio::test]
+async fn reply_one_confirms_two_cancels_gibberish_gets_help_and_baja_opts_out() {
+    let t = spawn_app(RULES, sim_config(), |_| {}).await;
+    let people = [("C1", "573001110001", "1"), ("C2", "573001110002", "2"), ("C3", "573001110003", "hola?"), ("C4", "573001110004", "baja")];
+    for (id, mobile, _) in &people {
+        assert_eq!(t.put_appointment(id, appointment(mobile)).await.status(), 201);
+    }
+    eventually("four reminders sent", || async { (t.sim.sends().len() == 4).then_some(()) }).await;
+    for (id, mobile, text) in &people {
+        t.sim.reply(mobile, text, &format!("cita-{id}")).await.unwrap();
+    }
+    eventually("three answers sent", || async {
+        let templates: Vec<u32> = t.sim.sends().iter().map(|s| s.template_id).collect();
+        (templates.contains(&991) && templates.contains(&992) && templates.contains(&996)).then_some(())
+    })
+    .await;
+    let c1 = t.get("/api/v1/appointments/C1").await;
+    assert_eq!(c1["status"], "confirmed");
+    let conv = t.get("/api/v1/conversations/cita-C1").await;
+    assert_eq!(conv["state"], "confirmada");
+    let c2 = t.get("/api/v1/appointments/C2").await;
+    assert_eq!(c2["status"], "cancelled");
+    let help = t.sim.sends().into_iter().find(|s| s.template_id == 996).unwrap();
+    assert_eq!(help.variables, vec!["hola?"]);
+    assert_eq!(help.mobile, "573001110003");
+
+    // BAJA: no rule ran for it, and a later message to that mobile is suppressed and recorded.
+    assert!(!t.sim.sends().iter().any(|s| s.mobile == "573001110004" && s.template_id != 990));
+    assert_eq!(t.put_appointment("C4b", appointment("573001110004")).await.status(), 201);
+    let skipped = eventually("the suppressed send is recorded", || async {
+        message_status(&t, "573001110004", 990)
+            .await
+            .filter(|_| true)
+            .and(
+                t.get("/api/v1/messages?mobile=573001110004")
+                    .await["messages"]
+                    .as_array()
+                    .and_then(|l| l.iter().find(|m| m["status"] == "skipped").cloned()),
+            )
+    })
+    .await;
+    assert!(skipped["error"].as_str().unwrap().contains("opted out"), "{skipped}");
+    assert_eq!(t.sim.sends().iter().filter(|s| s.mobile == "573001110004").count(), 1);
+    t.shutdown().await;
+}
+
+#[tokio::test]
+async fn provider_500s_then_success_sends_once() {
+    let t = spawn_app(RULES, sim_config(), |_| {}).await;
+    for _ in 0..2 {
+        t.sim.push_fault(Fault::HttpStatus { status: 500, body: "boom".into(), retry_after: None });
+    }
+    t.put_appointment("F1", appointment("573001110010")).await;
+    let msg = eventually("sent after two 500s", || async {
+        message_status(&t, "573001110010", 990).await.filter(|m| m["message_id"].is_string())
+    })
+    .await;
+    assert_eq!(msg["attempts"], 3);
+    assert_eq!(t.sim.sends().len(), 1);
+    t.shutdown().await;
+}
+
+#[tokio::test]
+async fn code_5_pauses_sending_until_the_balance_is_topped_up() {
+    let t = spawn_app(RULES, sim_config(), |_| {}).await;
+    t.sim.set_balance(LOGIN, 0).unwrap();
+    t.put_appointment("B1", appointment("573001110020")).await;
+    eventually("dispatcher paused", || async {
+        matches!(t.app().engine.dispatch_state(), recuerda::engine::DispatchState::PausedForBalance).then_some(())
+    })
+    .await;
+    t.put_appointment("B2", appointment("573001110021")).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(t.sim.sends().is_empty(), "nothing is sent while paused");
+    t.sim.set_balance(LOGIN, 10).unwrap();
+    eventually("both sent after the top-up", || async { (t.sim.sends().len() == 2).then_some(()) }).await;
+    t.shutdown().await;
+}
+
+#[tokio::test]
+async fn code_8_fails_that_message_only() {
+    let t = spawn_app(RULES, sim_config(), |_| {}).await;
+    t.sim.push_fault(Fault::Code { code: 8 });
+    t.put_appointment("V1", appointment("573001110030")).await;
+    let failed = eventually("the first message failed", || async {
+        message_status(&t, "573001110030", 990).await.filter(|m| m["status"] == "failed")
+    })
+    .await;
+    assert_eq!(failed["code"], 8);
+    assert!(failed["error"].as_str().unwrap().contains("code 8"), "{failed}");
+    t.put_appointment("V2", appointment("573001110031")).await;
+    eventually("the next one is sent", || async {
+        message_status(&t, "573001110031", 990).await.filter(|m| m["message_id"].is_string())
+    })
+    .await;
+    t.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_webhook_secret_is_404_and_malformed_body_is_400_and_kept() {
+    let t = spawn_app(RULES, sim_config(), |_| {}).await;
+    let wrong = t
+        .http
+        .post(t.url("/webhook/not-the-secret"))
+        .body(r#"{"mobile":"573001110040","message":"1","custom_field":"cita-X"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 404);
+    assert_eq!(t.app().engine.store.inbox_depth(), 0);
+    assert!(t.get("/api/v1/replies").await["replies"].as_array().unwrap().is_empty());
+
+    let hook = t.app().webhook_url().unwrap();
+    let bad = t.http.post(&hook).body("{not json").send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let odd = t.http.post(&hook).body(r#"{"foo": 1}"#).send().await.unwrap();
+    assert_eq!(odd.status(), 202);
+    let letters = t.get("/api/v1/dead-letters").await;
+    let bodies: Vec<&str> = letters["dead_letters"].as_array().unwrap().iter().map(|l| l["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies, ["{not json", r#"{"foo": 1}"#]);
+
+    let unauthorized = t.http.get(t.url("/api/v1/replies")).send().await.unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    t.shutdown().await;
+}
