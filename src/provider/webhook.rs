@@ -22,9 +22,7 @@ pub enum WebhookError {
 /// Where a message stands. Delivery only moves forward: `Sent < Delivered < Read` (the derived
 /// order). `Failed` is final: once a message failed, no later event changes it; it sorts last
 /// only so that the order is total, not because it follows `Read`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     Sent,
