@@ -696,7 +696,7 @@ fn seed_webhook_payloads_parse_verbatim() {
 }"#,
     );
     assert_eq!(failed.status, DeliveryStatus::Failed);
-    assert_eq!(failed.message_id, "xxxx");
+    assert_eq!(failed.message_id.as_str(), "xxxx");
     assert_eq!(failed.code, None);
     assert_eq!(failed.reason.as_deref(), Some("xxxxx"));
 
@@ -710,7 +710,7 @@ fn seed_webhook_payloads_parse_verbatim() {
 }"#,
     );
     assert_eq!(sent.status, DeliveryStatus::Sent);
-    assert_eq!(sent.message_id, "xxxx");
+    assert_eq!(sent.message_id.as_str(), "xxxx");
     assert_eq!(sent.whatsapp_id.as_deref(), Some("xxxx"));
     assert_eq!(sent.raw_date.as_deref(), Some("xxxxx"));
     assert_eq!(sent.date, None);
@@ -755,7 +755,10 @@ fn webhook_quirks_and_real_values() {
             "canal": "whatsapp", "extra": {"nested": [1, 2]}, "intentos": 3}"#,
     );
     assert_eq!(read.status, DeliveryStatus::Read);
-    assert_eq!(read.message_id, "0e1add43-f91c-4e7c-8805-221ef6b27b98");
+    assert_eq!(
+        read.message_id.as_str(),
+        "0e1add43-f91c-4e7c-8805-221ef6b27b98"
+    );
     assert_eq!(read.date.unwrap().to_rfc3339(), "2026-11-26T20:30:00+00:00");
 
     let failed = status_event(
