@@ -40,7 +40,12 @@ fn print_list(remote: &[RemoteTemplate]) {
         .iter()
         .map(|t| t.id.map_or_else(|| "-".to_string(), |id| id.to_string()))
         .collect();
-    let id_width = ids.iter().map(|s| s.chars().count()).max().unwrap_or(2).max(2);
+    let id_width = ids
+        .iter()
+        .map(|s| s.chars().count())
+        .max()
+        .unwrap_or(2)
+        .max(2);
     let name_width = remote
         .iter()
         .map(|t| t.name.chars().count())
@@ -111,11 +116,7 @@ pub(crate) fn read_local_templates(dir: &Path) -> (Vec<LocalTemplate>, Vec<(Path
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| {
-            p.is_file()
-                && matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yaml" | "yml")
-                )
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
         })
         .collect();
     paths.sort();

@@ -261,8 +261,15 @@ impl Client {
     ) -> Result<(StatusCode, bytes::Bytes), ProviderError> {
         let response = request.send().await.map_err(|e| self.transport(call, e))?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| self.transport(call, e))?;
-        tracing::debug!(call = call.path(), status = status.as_u16(), "provider answered");
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport(call, e))?;
+        tracing::debug!(
+            call = call.path(),
+            status = status.as_u16(),
+            "provider answered"
+        );
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             return Err(ProviderError::Unavailable {
                 call,
@@ -285,14 +292,22 @@ impl Client {
         serde_json::from_slice(body).map_err(|_| self.unexpected(call, status, body, "not JSON"))
     }
 
-    fn unexpected(&self, call: Call, status: StatusCode, body: &[u8], reason: &str) -> ProviderError {
+    fn unexpected(
+        &self,
+        call: Call,
+        status: StatusCode,
+        body: &[u8],
+        reason: &str,
+    ) -> ProviderError {
         ProviderError::UnexpectedAnswer {
             call,
             status: status.as_u16(),
             reason: reason.to_string(),
             excerpt: excerpt(body, &self.secrets()),
             consequence: match call {
-                Call::Send => "; the message may or may not have been sent, it is not re-sent automatically",
+                Call::Send => {
+                    "; the message may or may not have been sent, it is not re-sent automatically"
+                }
                 Call::Balance | Call::Templates => "",
             },
         }

@@ -127,10 +127,14 @@ impl ProviderCode {
             ProviderCode::Authentication => "provider refused the login",
             ProviderCode::NoChatbot => "provider account has no chatbot or multiagent assigned",
             ProviderCode::BadMobile => "provider refused the mobile number",
-            ProviderCode::NoBalance => "provider account has no balance (or its chatbot is inactive)",
+            ProviderCode::NoBalance => "provider account has no balance or an inactive chatbot",
             ProviderCode::EmptyMessage => "provider says the message arrived empty",
-            ProviderCode::TemplateNotInProject => "provider says the template id does not belong to this account",
-            ProviderCode::VariableCount => "provider says the variable count does not match the template's placeholders",
+            ProviderCode::TemplateNotInProject => {
+                "provider says the template id does not belong to this account"
+            }
+            ProviderCode::VariableCount => {
+                "provider says the variable count does not match the template's placeholders"
+            }
         }
     }
 
@@ -140,7 +144,7 @@ impl ProviderCode {
             ProviderCode::Authentication => "check `provider.login` and `provider.token`",
             ProviderCode::NoChatbot => "ask contacto-virtual support to assign a chatbot or multiagent to this login",
             ProviderCode::BadMobile => "the mobile must be Colombian: 57 followed by 10 digits starting with 3",
-            ProviderCode::NoBalance => "top up the balance; sending resumes when it is back",
+            ProviderCode::NoBalance => "top up the balance; the engine holds sends until it is back",
             ProviderCode::EmptyMessage => "check that the template and its variables are not empty",
             ProviderCode::TemplateNotInProject => "fix the template id in the rule or template file (`recuerda templates` lists this account's templates)",
             ProviderCode::VariableCount => "give the rule exactly one variable per `{n}` placeholder in the template (`recuerda templates` shows the counts)",
@@ -167,7 +171,13 @@ impl ProviderCode {
 
 impl fmt::Display for ProviderCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (code {}): {}", self.refused(), self.code(), self.action())
+        write!(
+            f,
+            "{} (code {}): {}",
+            self.refused(),
+            self.code(),
+            self.action()
+        )
     }
 }
 
@@ -175,7 +185,9 @@ impl fmt::Display for ProviderCode {
 /// scrubbed, shortened excerpt.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    #[error("no provider {what}: set `provider.{what}` in recuerda.yaml or `{env}` in the environment")]
+    #[error(
+        "no provider {what}: set `provider.{what}` in recuerda.yaml or `{env}` in the environment"
+    )]
     MissingCredentials {
         what: &'static str,
         env: &'static str,
@@ -201,7 +213,7 @@ pub enum ProviderError {
         detail: String,
         consequence: &'static str,
     },
-    #[error("provider answered {call} with HTTP {status} (temporary; it will be retried): `{excerpt}`")]
+    #[error("provider answered {call} with HTTP {status}, a temporary failure (safe to try again): `{excerpt}`")]
     Unavailable {
         call: Call,
         status: u16,

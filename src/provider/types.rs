@@ -511,7 +511,9 @@ pub fn count_placeholders(body: &str) -> usize {
     let mut rest = body;
     while let Some(open) = rest.find('{') {
         rest = &rest[open + 1..];
-        let digits: &str = &rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())];
+        let digits: &str = &rest[..rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len())];
         if !digits.is_empty() && rest[digits.len()..].starts_with('}') {
             seen.insert(digits.to_string());
         }

@@ -3,7 +3,7 @@
 //! `&messageId` vs `messageId`, `code` as a string, 11-digit reply mobiles, dates in an
 //! undocumented format).
 
-use super::types::Mobile;
+use super::types::{MessageId, Mobile};
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -22,9 +22,7 @@ pub enum WebhookError {
 /// Where a message stands. Delivery only moves forward: `Sent < Delivered < Read` (the derived
 /// order). `Failed` is final: once a message failed, no later event changes it; it sorts last
 /// only so that the order is total, not because it follows `Read`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     Sent,
@@ -74,8 +72,8 @@ pub enum WebhookEvent {
 /// A delivery event about a message we sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusEvent {
-    /// The provider's `messageId` (from `&messageId` or `messageId`), as received.
-    pub message_id: String,
+    /// The provider's `messageId` (from `&messageId` or `messageId`), trimmed.
+    pub message_id: MessageId,
     pub status: DeliveryStatus,
     /// On `failed`: the provider's code (1002–1011, see [`super::failure_reason`]), when numeric.
     pub code: Option<u32>,
@@ -140,8 +138,7 @@ fn status_event(object: &Map<String, Value>) -> Result<StatusEvent, WebhookError
     let message_id = ["&messageId", "messageId"]
         .iter()
         .find_map(|k| object.get(*k).and_then(text))
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+        .and_then(|s| MessageId::parse(&s).ok())
         .ok_or_else(|| unknown("`message-event` without `messageId` or `&messageId`".into()))?;
     let raw_date = ["fecha_envio_por_whatsapp", "fecha_lectura_usuario", "fecha"]
         .iter()
