@@ -86,6 +86,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send(args) => send::run(args, load_config(config_path)?).await,
         Command::Balance(args) => balance::run(args, load_config(config_path)?).await,
         Command::Templates(args) => templates::run(args, load_config(config_path)?).await,
-        Command::Simulator(args) => simulator::run(args).await,
+        Command::Simulator(args) => simulator::run(args, config_path).await,
     }
 }
