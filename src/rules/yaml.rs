@@ -329,11 +329,7 @@ unsafe fn c_text(ptr: *const std::ffi::c_char) -> Option<String> {
     if ptr.is_null() {
         return None;
     }
-    Some(
-        std::ffi::CStr::from_ptr(ptr)
-            .to_string_lossy()
-            .into_owned(),
-    )
+    Some(std::ffi::CStr::from_ptr(ptr).to_string_lossy().into_owned())
 }
 
 /// SAFETY: `ptr` is null or NUL-terminated.
@@ -423,7 +419,9 @@ impl Builder<'_> {
                 Event::StreamEnd => break,
                 _ => {
                     return Err(YamlError {
-                        message: "a second YAML document (`---`) in one file: keep one document per file".into(),
+                        message:
+                            "a second YAML document (`---`) in one file: keep one document per file"
+                                .into(),
                         pos: Some(m.pos),
                     })
                 }
@@ -577,7 +575,10 @@ mod tests {
         assert_eq!(rules.0.pos, at(1, 1));
         let rule = &rules.1.as_seq().unwrap()[0];
         let (k, v) = &rule.as_map().unwrap()[0];
-        assert_eq!((k.pos, v.pos, v.as_str()), (at(2, 5), at(2, 11), Some("hola")));
+        assert_eq!(
+            (k.pos, v.pos, v.as_str()),
+            (at(2, 5), at(2, 11), Some("hola"))
+        );
         let send = &rule.as_map().unwrap()[1].1;
         let to = &send.as_map().unwrap()[1].1;
         assert_eq!(to.pos, at(3, 31));
