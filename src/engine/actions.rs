@@ -238,7 +238,11 @@ impl Engine {
             not_before: self.after_quiet_hours(now),
             attempts: 0,
             message_id: None,
-            mobile: None,
+            // The expected recipient, so a send refused before any call is still listed under
+            // the patient's mobile; the dispatcher sets the rendered one.
+            mobile: appointment
+                .map(|a| a.mobile.clone())
+                .or_else(|| occ.reply.as_ref().map(|r| r.mobile.clone())),
             custom_field,
             template_id: None,
             variables: Vec::new(),
@@ -303,7 +307,7 @@ impl Engine {
         let rules = self.rules();
         for rule in rules.rules.iter().filter(|r| r.enabled) {
             if let Trigger::Appointment(c) = &rule.trigger {
-                if c == change {
+                if *c == change {
                     let occ = Occasion {
                         key: format!(
                             "appointment:{}:{}:{}:{}",

@@ -215,9 +215,9 @@ impl Engine {
     fn on_status(&self, event: StatusEvent, raw: &Value, _received_at: DateTime<Utc>) -> Result<(), EngineError> {
         Counters::bump(&self.counters.status_events);
         let now = self.clock.now();
-        let Some(entry) = self.store.entry_by_message_id(&event.message_id)? else {
+        let Some(entry) = self.store.entry_by_message_id(event.message_id.as_str())? else {
             // The send's answer may not be stored yet: keep the event, apply it when it is.
-            self.store.park_orphan(&event.message_id, raw)?;
+            self.store.park_orphan(event.message_id.as_str(), raw)?;
             return Ok(());
         };
         self.apply_status(&entry.key, &event, now)
