@@ -24,9 +24,15 @@ pub enum StartError {
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
     #[error("cannot listen on {addr}: {source}; is another process using it?")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot create the data folder `{path}`: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// A running engine and its HTTP server.
@@ -74,7 +80,12 @@ pub fn load_rules(config: &Config) -> Result<RuleSet, StartError> {
             Ok(loaded.set)
         }
         Err(errors) => Err(StartError::Rules(
-            errors.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"),
+            errors
+                .diagnostics
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
         )),
     }
 }
@@ -128,8 +139,14 @@ pub async fn start(
     engine.start().await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|source| StartError::Listen { addr: listen, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: listen, source })?;
+        .map_err(|source| StartError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: listen,
+        source,
+    })?;
     let (stop, stopped) = oneshot::channel::<()>();
     let router = crate::http::router(engine.clone());
     let server = tokio::spawn(crate::http::serve(listener, router, async move {

@@ -15,7 +15,8 @@ pub enum AppointmentStatus {
 }
 
 impl AppointmentStatus {
-    pub const ALL: [&'static str; 5] = ["scheduled", "confirmed", "cancelled", "attended", "no_show"];
+    pub const ALL: [&'static str; 5] =
+        ["scheduled", "confirmed", "cancelled", "attended", "no_show"];
 
     pub fn parse(text: &str) -> Option<Self> {
         Some(match text {
@@ -98,7 +99,10 @@ impl Appointment {
             error,
         };
         if id.is_empty() || id.len() > 200 || id.chars().any(|c| c.is_control() || c == '/') {
-            errors.push(err("id", "must be 1–200 characters, without `/` or control characters".into()));
+            errors.push(err(
+                "id",
+                "must be 1–200 characters, without `/` or control characters".into(),
+            ));
         }
         let Some(object) = body.as_object() else {
             return Err(vec![err("", "the body must be a JSON object".into())]);
@@ -112,7 +116,10 @@ impl Appointment {
                 }
             },
             None => {
-                errors.push(err("mobile", "required: the patient's Colombian mobile, e.g. `+57 310 233 4455`".into()));
+                errors.push(err(
+                    "mobile",
+                    "required: the patient's Colombian mobile, e.g. `+57 310 233 4455`".into(),
+                ));
                 None
             }
         };
@@ -128,7 +135,10 @@ impl Appointment {
                 }
             },
             None => {
-                errors.push(err("start", "required: RFC 3339 time with offset, e.g. `2026-11-26T15:30:00-05:00`".into()));
+                errors.push(err(
+                    "start",
+                    "required: RFC 3339 time with offset, e.g. `2026-11-26T15:30:00-05:00`".into(),
+                ));
                 None
             }
         };
@@ -139,7 +149,10 @@ impl Appointment {
                 None => {
                     errors.push(err(
                         "status",
-                        format!("`{v}` is not a status: use one of {}", AppointmentStatus::ALL.join(", ")),
+                        format!(
+                            "`{v}` is not a status: use one of {}",
+                            AppointmentStatus::ALL.join(", ")
+                        ),
                     ));
                     None
                 }

@@ -1,8 +1,8 @@
 //! recuerda: appointment reminders and WhatsApp follow-ups for clinics.
 
 pub mod app;
-pub mod cli;
 pub mod appointment;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod conversation;

@@ -51,7 +51,8 @@ impl MessageStatus {
         match next {
             Self::Failed => !matches!(self, Self::Failed | Self::Skipped | Self::Read),
             Self::Sent | Self::Delivered | Self::Read => {
-                !matches!(self, Self::Failed | Self::Skipped) && next.delivery_rank() > self.delivery_rank()
+                !matches!(self, Self::Failed | Self::Skipped)
+                    && next.delivery_rank() > self.delivery_rank()
             }
             _ => false,
         }

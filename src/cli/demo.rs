@@ -58,10 +58,26 @@ impl Persona {
 }
 
 const NAMES: [&str; 20] = [
-    "Carlos Pérez", "María Gómez", "Andrés López", "Luisa Fernanda Rojas", "Jorge Martínez",
-    "Ana Sofía Díaz", "Camilo Torres", "Valentina Ruiz", "Santiago Herrera", "Daniela Castro",
-    "Felipe Vargas", "Paula Moreno", "Juan David Ortiz", "Laura Jiménez", "Sebastián Ríos",
-    "Natalia Suárez", "Mateo Cárdenas", "Isabella Mejía", "Nicolás Parra", "Gabriela Peña",
+    "Carlos Pérez",
+    "María Gómez",
+    "Andrés López",
+    "Luisa Fernanda Rojas",
+    "Jorge Martínez",
+    "Ana Sofía Díaz",
+    "Camilo Torres",
+    "Valentina Ruiz",
+    "Santiago Herrera",
+    "Daniela Castro",
+    "Felipe Vargas",
+    "Paula Moreno",
+    "Juan David Ortiz",
+    "Laura Jiménez",
+    "Sebastián Ríos",
+    "Natalia Suárez",
+    "Mateo Cárdenas",
+    "Isabella Mejía",
+    "Nicolás Parra",
+    "Gabriela Peña",
 ];
 
 fn persona_for(i: usize) -> Persona {
@@ -98,7 +114,8 @@ pub async fn run(args: DemoArgs, base: Config) -> anyhow::Result<()> {
     let (_tempdir, data_dir) = match &args.data_dir {
         Some(d) => {
             if d.exists() {
-                std::fs::remove_dir_all(d).with_context(|| format!("cannot clear `{}`", d.display()))?;
+                std::fs::remove_dir_all(d)
+                    .with_context(|| format!("cannot clear `{}`", d.display()))?;
             }
             (None, d.clone())
         }
@@ -195,7 +212,11 @@ pub async fn run(args: DemoArgs, base: Config) -> anyhow::Result<()> {
 
     // Appointments around now: later today and tomorrow, booked through the engine.
     for (i, name) in NAMES.iter().enumerate() {
-        let hours = if i % 2 == 0 { 4 + i as i64 / 2 } else { 26 + i as i64 / 2 };
+        let hours = if i % 2 == 0 {
+            4 + i as i64 / 2
+        } else {
+            26 + i as i64 / 2
+        };
         let when = (start + ChronoDuration::hours(hours)).with_timezone(&tz);
         let body = json!({
             "mobile": mobile_for(i),
@@ -244,7 +265,11 @@ pub async fn run(args: DemoArgs, base: Config) -> anyhow::Result<()> {
                     continue;
                 }
                 let label = format!("← {kind:<9}");
-                let label = if kind == "failed" { style.red(&label) } else { style.cyan(&label) };
+                let label = if kind == "failed" {
+                    style.red(&label)
+                } else {
+                    style.cyan(&label)
+                };
                 let id = payload
                     .get("&messageId")
                     .or_else(|| payload.get("messageId"))
@@ -260,9 +285,20 @@ pub async fn run(args: DemoArgs, base: Config) -> anyhow::Result<()> {
                 format!(
                     "{} {} says {:?} on {}",
                     style.yellow("← reply    "),
-                    crate::engine::mask(payload.get("mobile").and_then(|v| v.as_str()).unwrap_or_default()),
-                    payload.get("message").and_then(|v| v.as_str()).unwrap_or_default(),
-                    payload.get("custom_field").and_then(|v| v.as_str()).unwrap_or_default()
+                    crate::engine::mask(
+                        payload
+                            .get("mobile")
+                            .and_then(|v| v.as_str())
+                            .unwrap_or_default()
+                    ),
+                    payload
+                        .get("message")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default(),
+                    payload
+                        .get("custom_field")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
                 )
             };
             println!("{} {line}", style.dim(&now.format("%a %H:%M").to_string()));
@@ -276,7 +312,10 @@ pub async fn run(args: DemoArgs, base: Config) -> anyhow::Result<()> {
     // Let what is in flight settle briefly, then stop everything and summarize.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = running.engine.drain_inbox().await;
-    let summary = Summary::collect(&running.engine, notified.load(std::sync::atomic::Ordering::Relaxed))?;
+    let summary = Summary::collect(
+        &running.engine,
+        notified.load(std::sync::atomic::Ordering::Relaxed),
+    )?;
     let engine = running.engine.clone();
     running.shutdown().await;
     sim.shutdown().await;
@@ -304,7 +343,15 @@ struct Summary {
 }
 
 const COLUMNS: [&str; 9] = [
-    "queued", "sent", "delivered", "read", "replied", "confirmed", "cancelled", "failed", "skipped",
+    "queued",
+    "sent",
+    "delivered",
+    "read",
+    "replied",
+    "confirmed",
+    "cancelled",
+    "failed",
+    "skipped",
 ];
 
 impl Summary {
@@ -343,7 +390,8 @@ impl Summary {
             }
             let row = s.rows.entry(e.rule.clone()).or_default();
             row[0] += 1;
-            let reached = |st: MessageStatus| e.timeline.iter().any(|c| c.applied && c.status == st);
+            let reached =
+                |st: MessageStatus| e.timeline.iter().any(|c| c.applied && c.status == st);
             if e.message_id.is_some() {
                 row[1] += 1;
             }
@@ -454,7 +502,11 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 }
 
 /// A local endpoint standing in for the clinic's reception system.
-async fn start_notify_sink() -> anyhow::Result<(String, Arc<std::sync::atomic::AtomicU64>, tokio::task::JoinHandle<()>)> {
+async fn start_notify_sink() -> anyhow::Result<(
+    String,
+    Arc<std::sync::atomic::AtomicU64>,
+    tokio::task::JoinHandle<()>,
+)> {
     use axum::routing::post;
     let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let c = count.clone();

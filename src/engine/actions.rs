@@ -35,7 +35,12 @@ pub(crate) enum Ran {
 
 impl Engine {
     /// The rendering context: `appointment`, `reply`, `conversation`, `message`, `now`.
-    pub(crate) fn context(&self, occ: &Occasion, conversation_key: Option<&str>, now: DateTime<Utc>) -> Value {
+    pub(crate) fn context(
+        &self,
+        occ: &Occasion,
+        conversation_key: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Value {
         let mut ctx = serde_json::Map::new();
         if let Some(a) = &occ.appointment {
             ctx.insert("appointment".into(), a.to_context());
@@ -52,7 +57,10 @@ impl Engine {
                     ctx.insert("conversation".into(), c.to_context());
                 }
                 _ => {
-                    ctx.insert("conversation".into(), json!({"custom_field": cf, "state": null}));
+                    ctx.insert(
+                        "conversation".into(),
+                        json!({"custom_field": cf, "state": null}),
+                    );
                 }
             }
         }
@@ -62,7 +70,12 @@ impl Engine {
 
     /// Runs `rule`'s actions for `occ` once: a second call with the same occasion key does
     /// nothing.
-    pub(crate) fn run_actions(&self, rule: &Rule, occ: &Occasion, now: DateTime<Utc>) -> Result<Ran, EngineError> {
+    pub(crate) fn run_actions(
+        &self,
+        rule: &Rule,
+        occ: &Occasion,
+        now: DateTime<Utc>,
+    ) -> Result<Ran, EngineError> {
         if self.store.fired(&occ.key)?.is_some() {
             return Ok(Ran::AlreadyFired);
         }
@@ -148,7 +161,10 @@ impl Engine {
                         continue;
                     };
                     // Re-read: the stored appointment may have changed since the occasion began.
-                    let current = self.store.get_appointment(&current.id)?.unwrap_or_else(|| current.clone());
+                    let current = self
+                        .store
+                        .get_appointment(&current.id)?
+                        .unwrap_or_else(|| current.clone());
                     let updated = apply_changes(&current, changes, now)?;
                     if updated != current {
                         self.store.put_appointment(&updated)?;
@@ -159,7 +175,11 @@ impl Engine {
                 Action::Notify(notify) => {
                     let ctx = self.context(occ, conversation_key.as_deref(), now);
                     let message = match &notify.message {
-                        Some(key) => Some(rules.render_text(rule, key, &ctx).unwrap_or_else(|e| format!("(message could not be rendered: {e})"))),
+                        Some(key) => {
+                            Some(rules.render_text(rule, key, &ctx).unwrap_or_else(|e| {
+                                format!("(message could not be rendered: {e})")
+                            }))
+                        }
                         None => None,
                     };
                     let mut entry = self.new_entry(
@@ -220,7 +240,10 @@ impl Engine {
     ) -> OutboxEntry {
         let mut context = serde_json::Map::new();
         if let Some(r) = &occ.reply {
-            context.insert("reply".into(), serde_json::to_value(r).unwrap_or(Value::Null));
+            context.insert(
+                "reply".into(),
+                serde_json::to_value(r).unwrap_or(Value::Null),
+            );
         }
         if let Some(m) = &occ.message {
             context.insert("message".into(), m.clone());
@@ -294,7 +317,10 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let change = match previous {
             None => Some(AppointmentChange::Created),
-            Some(p) if p.status != AppointmentStatus::Cancelled && current.status == AppointmentStatus::Cancelled => {
+            Some(p)
+                if p.status != AppointmentStatus::Cancelled
+                    && current.status == AppointmentStatus::Cancelled =>
+            {
                 Some(AppointmentChange::Cancelled)
             }
             Some(p) if p.start != current.start => Some(AppointmentChange::Rescheduled),
@@ -360,13 +386,17 @@ fn apply_changes(
             "status" => {
                 let word = value.as_str().unwrap_or_default();
                 updated.status = AppointmentStatus::parse(word).ok_or_else(|| {
-                    EngineError::Invalid(format!("`update_appointment.status: {value}` is not an appointment status"))
+                    EngineError::Invalid(format!(
+                        "`update_appointment.status: {value}` is not an appointment status"
+                    ))
                 })?;
             }
             "start" => {
                 let text = value.as_str().unwrap_or_default();
                 updated.start = DateTime::parse_from_rfc3339(text).map_err(|_| {
-                    EngineError::Invalid(format!("`update_appointment.start: {value}` is not an RFC 3339 time"))
+                    EngineError::Invalid(format!(
+                        "`update_appointment.start: {value}` is not an RFC 3339 time"
+                    ))
                 })?;
             }
             "id" | "mobile" => {}

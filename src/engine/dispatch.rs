@@ -4,7 +4,9 @@
 use super::{Counters, Engine, EngineError};
 use crate::appointment::AppointmentStatus;
 use crate::message::{MessageStatus, OutboxEntry, OutboxKind};
-use crate::provider::{CustomField, Disposition, MediaUrl, Mobile, SendRequest, TemplateId, Variables};
+use crate::provider::{
+    CustomField, Disposition, MediaUrl, Mobile, SendRequest, TemplateId, Variables,
+};
 use crate::rules::Action;
 use chrono::{DateTime, Utc};
 use rand::Rng;
@@ -29,8 +31,16 @@ pub enum DispatchState {
 /// What a send attempt decided.
 enum Outcome {
     Sent(String),
-    Requeue { at: DateTime<Utc>, reason: String, count_attempt: bool },
-    Final { status: MessageStatus, code: Option<u32>, reason: String },
+    Requeue {
+        at: DateTime<Utc>,
+        reason: String,
+        count_attempt: bool,
+    },
+    Final {
+        status: MessageStatus,
+        code: Option<u32>,
+        reason: String,
+    },
 }
 
 impl Engine {
@@ -102,7 +112,9 @@ impl Engine {
             };
             let fresh: Vec<OutboxEntry> = {
                 let flying = in_flight.lock().unwrap_or_else(|e| e.into_inner());
-                due.into_iter().filter(|e| !flying.contains(&e.key)).collect()
+                due.into_iter()
+                    .filter(|e| !flying.contains(&e.key))
+                    .collect()
             };
             if fresh.is_empty() {
                 let next = self.store.next_outbox_due().ok().flatten();
@@ -131,7 +143,10 @@ impl Engine {
                     }
                     next_slot = next_slot.max(now_i) + interval;
                 }
-                in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(entry.key.clone());
+                in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(entry.key.clone());
                 let engine = self.clone();
                 let flying = in_flight.clone();
                 tokio::spawn(async move {
@@ -139,14 +154,19 @@ impl Engine {
                     if let Err(e) = engine.dispatch_one(entry).await {
                         tracing::error!(key = %key, error = %e, "dispatching failed; the entry stays queued");
                     }
-                    flying.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                    flying
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&key);
                     drop(permit);
                     engine.dispatch_wake.notify_one();
                 });
             }
         }
         // Let in-flight sends finish and record their outcome.
-        let _ = permits.acquire_many(self.config.provider.concurrency as u32).await;
+        let _ = permits
+            .acquire_many(self.config.provider.concurrency as u32)
+            .await;
     }
 
     async fn wait_for_balance(&self, shutdown: &mut tokio::sync::watch::Receiver<bool>) {
@@ -163,7 +183,8 @@ impl Engine {
                 Err(e) => tracing::warn!(error = %e, "balance check failed while paused"),
             }
             let wait = self.clock.now()
-                + chrono::Duration::from_std(self.config.provider.balance_poll).unwrap_or(chrono::Duration::seconds(60));
+                + chrono::Duration::from_std(self.config.provider.balance_poll)
+                    .unwrap_or(chrono::Duration::seconds(60));
             tokio::select! {
                 _ = self.clock.sleep_until(wait) => {}
                 _ = self.dispatch_wake.notified() => {}
@@ -176,7 +197,10 @@ impl Engine {
     }
 
     fn set_dispatch_state(&self, state: DispatchState) {
-        *self.dispatch_state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        *self
+            .dispatch_state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = state;
     }
 
     /// Sends (or notifies) one entry and records the outcome.
@@ -211,7 +235,10 @@ impl Engine {
         // the outcome is unknown, never silently re-sent.
         let mobile = request.mobile.as_str().to_string();
         let variables = request.variables.as_slice().to_vec();
-        let custom_field = request.custom_field.as_ref().map(|c| c.as_str().to_string());
+        let custom_field = request
+            .custom_field
+            .as_ref()
+            .map(|c| c.as_str().to_string());
         let template = request.template.0;
         let marked = self.store.update_entry(&entry.key, |e| {
             if e.status != MessageStatus::Queued {
@@ -248,7 +275,10 @@ impl Engine {
                             Outcome::Final {
                                 status: MessageStatus::Failed,
                                 code,
-                                reason: format!("gave up after {} attempts: {reason}", marked.attempts),
+                                reason: format!(
+                                    "gave up after {} attempts: {reason}",
+                                    marked.attempts
+                                ),
                             }
                         } else {
                             Outcome::Requeue {
@@ -292,7 +322,9 @@ impl Engine {
                             Outcome::Final {
                                 status: MessageStatus::Unknown,
                                 code,
-                                reason: format!("{reason}; not re-sent: it may have reached the patient"),
+                                reason: format!(
+                                    "{reason}; not re-sent: it may have reached the patient"
+                                ),
                             }
                         }
                     }
@@ -342,7 +374,9 @@ impl Engine {
             match &appointment {
                 None => return skip("the appointment no longer exists".into()),
                 Some(a) if a.status == AppointmentStatus::Cancelled => {
-                    return skip("the appointment was cancelled after this reminder was planned".into())
+                    return skip(
+                        "the appointment was cancelled after this reminder was planned".into(),
+                    )
                 }
                 Some(a) if Some(a.start_utc()) != entry.appointment_start => {
                     return skip(format!(
@@ -355,10 +389,17 @@ impl Engine {
         }
         let rules = self.rules();
         let Some(rule) = rules.rule(&entry.rule) else {
-            return refuse(format!("rule `{}` no longer exists (rules were reloaded)", entry.rule));
+            return refuse(format!(
+                "rule `{}` no longer exists (rules were reloaded)",
+                entry.rule
+            ));
         };
         let Some(Action::Send(send)) = rule.actions.get(entry.action_index) else {
-            return refuse(format!("rule `{}` changed: action {} is no longer a send", entry.rule, entry.action_index + 1));
+            return refuse(format!(
+                "rule `{}` changed: action {} is no longer a send",
+                entry.rule,
+                entry.action_index + 1
+            ));
         };
         let mut ctx = serde_json::Map::new();
         if let Value::Object(saved) = &entry.context {
@@ -396,9 +437,16 @@ impl Engine {
             .to
             .clone()
             .or_else(|| appointment.as_ref().map(|a| a.mobile.clone()))
-            .or_else(|| ctx.pointer("/reply/mobile").and_then(Value::as_str).map(str::to_string));
+            .or_else(|| {
+                ctx.pointer("/reply/mobile")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
         let Some(to): Option<String> = to else {
-            return refuse("no recipient: the rule has no `to` and the occasion has no appointment or reply".into());
+            return refuse(
+                "no recipient: the rule has no `to` and the occasion has no appointment or reply"
+                    .into(),
+            );
         };
         let mobile = match Mobile::parse(&to) {
             Ok(m) => m,
@@ -441,7 +489,12 @@ impl Engine {
         Ok(Ok((request, rendered.text)))
     }
 
-    fn record_outcome(&self, entry: &OutboxEntry, outcome: Outcome, at: Option<DateTime<Utc>>) -> Result<(), EngineError> {
+    fn record_outcome(
+        &self,
+        entry: &OutboxEntry,
+        outcome: Outcome,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<(), EngineError> {
         let now = at.unwrap_or_else(|| self.clock.now());
         match outcome {
             Outcome::Sent(message_id) => {
@@ -457,14 +510,23 @@ impl Engine {
                 if let Some(e) = &updated {
                     tracing::info!(rule = %e.rule, message_id = %message_id, mobile = %super::react::mask(e.mobile.as_deref().unwrap_or("")), "sent");
                     if let Some(cf) = &e.custom_field {
-                        let detail = format!("template {} sent ({message_id})", e.template_id.unwrap_or_default());
-                        self.store.update_conversation(cf, now, |c| c.record(now, "sent", detail.clone(), Some(&e.rule)))?;
+                        let detail = format!(
+                            "template {} sent ({message_id})",
+                            e.template_id.unwrap_or_default()
+                        );
+                        self.store.update_conversation(cf, now, |c| {
+                            c.record(now, "sent", detail.clone(), Some(&e.rule))
+                        })?;
                     }
                     self.plan_no_reply(e, now)?;
                 }
                 self.apply_orphans(&message_id, &entry.key)?;
             }
-            Outcome::Requeue { at, reason, count_attempt } => {
+            Outcome::Requeue {
+                at,
+                reason,
+                count_attempt,
+            } => {
                 self.store.update_entry(&entry.key, |e| {
                     e.set_status(MessageStatus::Queued, now, Some(reason.clone()));
                     e.not_before = at;
@@ -474,7 +536,11 @@ impl Engine {
                     true
                 })?;
             }
-            Outcome::Final { status, code, reason } => {
+            Outcome::Final {
+                status,
+                code,
+                reason,
+            } => {
                 let updated = self.store.update_entry(&entry.key, |e| {
                     e.set_status(status, now, Some(reason.clone()));
                     if let Some(last) = e.timeline.last_mut() {
@@ -491,11 +557,21 @@ impl Engine {
                 };
                 Counters::bump(counter);
                 metrics::counter!("recuerda_sends_total", "rule" => entry.rule.clone(), "result" => status.as_str()).increment(1);
-                tracing::warn!(rule = %entry.rule, key = %entry.key, status = %status, reason = %reason, "send not delivered to the provider");
+                if status == MessageStatus::Skipped {
+                    tracing::info!(rule = %entry.rule, key = %entry.key, reason = %reason, "send skipped");
+                } else {
+                    tracing::warn!(rule = %entry.rule, key = %entry.key, status = %status, reason = %reason, "send not delivered to the provider");
+                }
                 if let Some(e) = updated {
                     if let Some(cf) = &e.custom_field {
-                        let kind = if status == MessageStatus::Skipped { "skipped" } else { "refused" };
-                        self.store.update_conversation(cf, now, |c| c.record(now, kind, reason.clone(), Some(&e.rule)))?;
+                        let kind = if status == MessageStatus::Skipped {
+                            "skipped"
+                        } else {
+                            "refused"
+                        };
+                        self.store.update_conversation(cf, now, |c| {
+                            c.record(now, kind, reason.clone(), Some(&e.rule))
+                        })?;
                     }
                 }
             }
@@ -503,7 +579,11 @@ impl Engine {
         Ok(())
     }
 
-    async fn dispatch_notify(&self, entry: &OutboxEntry, endpoint: String) -> Result<(), EngineError> {
+    async fn dispatch_notify(
+        &self,
+        entry: &OutboxEntry,
+        endpoint: String,
+    ) -> Result<(), EngineError> {
         let now = self.clock.now();
         let Some(target) = self.config.notify.get(&endpoint) else {
             return self.record_outcome(
@@ -532,8 +612,14 @@ impl Engine {
         let attempts = entry.attempts + 1;
         let failure = match result {
             Ok(r) if r.status().is_success() => None,
-            Ok(r) => Some(format!("`notify.{endpoint}` answered HTTP {}", r.status().as_u16())),
-            Err(e) => Some(format!("`notify.{endpoint}` could not be reached: {}", without_url(&e))),
+            Ok(r) => Some(format!(
+                "`notify.{endpoint}` answered HTTP {}",
+                r.status().as_u16()
+            )),
+            Err(e) => Some(format!(
+                "`notify.{endpoint}` could not be reached: {}",
+                without_url(&e)
+            )),
         };
         match failure {
             None => {

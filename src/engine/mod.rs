@@ -117,7 +117,9 @@ impl Engine {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(std::time::Duration::from_secs(5))
             .build()
-            .map_err(|e| EngineError::Invalid(format!("cannot build the notify HTTP client: {e}")))?;
+            .map_err(|e| {
+                EngineError::Invalid(format!("cannot build the notify HTTP client: {e}"))
+            })?;
         let status = RulesStatus {
             loaded_at: Some(clock.now()),
             n_rules: rules.rules.len(),
@@ -168,7 +170,8 @@ impl Engine {
         self.inbox_wake.notify_one();
         self.dispatch_wake.notify_one();
         self.schedule_wake.notify_one();
-        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for t in tasks {
             let _ = t.await;
         }
@@ -202,7 +205,11 @@ impl Engine {
     /// Reloads rules and templates from the configured folders. An invalid change keeps the
     /// last good rules running; the located errors are returned and shown in health.
     pub fn reload_rules(&self) -> Result<(), String> {
-        match RuleSet::load(&self.config.rules_dir, &self.config.templates_dir, &self.config) {
+        match RuleSet::load(
+            &self.config.rules_dir,
+            &self.config.templates_dir,
+            &self.config,
+        ) {
             Ok(loaded) => {
                 for w in &loaded.warnings {
                     tracing::warn!("{w}");
@@ -219,14 +226,20 @@ impl Engine {
                     .collect::<Vec<_>>()
                     .join("\n");
                 tracing::error!("rules reload refused, the previous rules keep running:\n{text}");
-                self.rules_status.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(text.clone());
+                self.rules_status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .last_error = Some(text.clone());
                 Err(text)
             }
         }
     }
 
     pub fn dispatch_state(&self) -> DispatchState {
-        self.dispatch_state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.dispatch_state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn last_balance(&self) -> Option<i64> {

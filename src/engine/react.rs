@@ -34,7 +34,8 @@ impl Engine {
                 // Keep the body as received; the processor parses it again (cheap, and the inbox
                 // never holds anything the parser would not take).
                 let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-                self.store.push_inbox(&json!({"received_at": now.to_rfc3339(), "body": value}))?;
+                self.store
+                    .push_inbox(&json!({"received_at": now.to_rfc3339(), "body": value}))?;
                 Intake::Accepted
             }
             Err(e) => {
@@ -43,7 +44,8 @@ impl Engine {
                     _ => Intake::UnknownShape,
                 };
                 Counters::bump(&self.counters.dead_letters);
-                let text = String::from_utf8_lossy(&body[..body.len().min(DEAD_LETTER_MAX)]).into_owned();
+                let text =
+                    String::from_utf8_lossy(&body[..body.len().min(DEAD_LETTER_MAX)]).into_owned();
                 self.store.put_dead_letter(&DeadLetter {
                     id: uuid::Uuid::now_v7().to_string(),
                     received_at: now,
@@ -102,7 +104,9 @@ impl Engine {
                 match webhook::parse(&bytes) {
                     Ok(WebhookEvent::Reply(reply)) => self.on_reply(&id, reply, received_at)?,
                     Ok(WebhookEvent::Status(event)) => self.on_status(event, &body, received_at)?,
-                    Err(e) => tracing::error!(error = %e, "an inbox event no longer parses; dropped"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "an inbox event no longer parses; dropped")
+                    }
                 }
                 self.store.remove_inbox(&id)?;
                 n += 1;
@@ -112,7 +116,12 @@ impl Engine {
         Ok(n)
     }
 
-    fn on_reply(&self, id: &str, event: ReplyEvent, received_at: DateTime<Utc>) -> Result<(), EngineError> {
+    fn on_reply(
+        &self,
+        id: &str,
+        event: ReplyEvent,
+        received_at: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
         Counters::bump(&self.counters.replies);
         let now = self.clock.now();
         let text = event.message.trim().to_string();
@@ -130,7 +139,8 @@ impl Engine {
         if !replayed {
             let fingerprint = reply_fingerprint(&reply);
             if let Some(previous) = self.store.reply_seen(&fingerprint, received_at)? {
-                let window = chrono::Duration::from_std(self.config.webhook.dedupe_window).unwrap_or_default();
+                let window = chrono::Duration::from_std(self.config.webhook.dedupe_window)
+                    .unwrap_or_default();
                 if received_at - previous <= window && received_at >= previous {
                     Counters::bump(&self.counters.replies_duplicate);
                     reply.outcome = "duplicate".into();
@@ -144,7 +154,13 @@ impl Engine {
         // Opt-out keywords are handled before any rule.
         let keyword = normalize_keyword(&text);
         let conversation_key = reply.custom_field.clone();
-        if self.config.opt_out.stop.iter().any(|k| normalize_keyword(k) == keyword) {
+        if self
+            .config
+            .opt_out
+            .stop
+            .iter()
+            .any(|k| normalize_keyword(k) == keyword)
+        {
             self.store.opt_out(&OptOut {
                 mobile: reply.mobile.clone(),
                 keyword: text.clone(),
@@ -154,12 +170,20 @@ impl Engine {
             reply.outcome = "opted_out".into();
             self.store.put_reply(&reply)?;
             if let Some(cf) = &conversation_key {
-                self.store.update_conversation(cf, now, |c| c.record(now, "opted_out", text.clone(), None))?;
+                self.store.update_conversation(cf, now, |c| {
+                    c.record(now, "opted_out", text.clone(), None)
+                })?;
             }
             tracing::info!(mobile = %mask(&reply.mobile), "patient opted out");
             return Ok(());
         }
-        if self.config.opt_out.start.iter().any(|k| normalize_keyword(k) == keyword) {
+        if self
+            .config
+            .opt_out
+            .start
+            .iter()
+            .any(|k| normalize_keyword(k) == keyword)
+        {
             self.store.opt_in(&reply.mobile)?;
             reply.outcome = "opted_in".into();
             self.store.put_reply(&reply)?;
@@ -185,7 +209,8 @@ impl Engine {
         };
         let state = conversation.as_ref().and_then(|c| c.state.clone());
         let rules = self.rules();
-        let Some(rule) = rules.match_reply(conversation_key.as_deref(), &text, state.as_deref()) else {
+        let Some(rule) = rules.match_reply(conversation_key.as_deref(), &text, state.as_deref())
+        else {
             Counters::bump(&self.counters.replies_unhandled);
             reply.outcome = "unhandled".into();
             self.store.put_reply(&reply)?;
@@ -212,7 +237,12 @@ impl Engine {
         Ok(())
     }
 
-    fn on_status(&self, event: StatusEvent, raw: &Value, _received_at: DateTime<Utc>) -> Result<(), EngineError> {
+    fn on_status(
+        &self,
+        event: StatusEvent,
+        raw: &Value,
+        _received_at: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
         Counters::bump(&self.counters.status_events);
         let now = self.clock.now();
         let Some(entry) = self.store.entry_by_message_id(event.message_id.as_str())? else {
@@ -225,17 +255,24 @@ impl Engine {
 
     /// Applies a delivery event to the message with outbox key `key`, and runs `status` rules
     /// when it moved the status forward.
-    pub(crate) fn apply_status(&self, key: &str, event: &StatusEvent, now: DateTime<Utc>) -> Result<(), EngineError> {
+    pub(crate) fn apply_status(
+        &self,
+        key: &str,
+        event: &StatusEvent,
+        now: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
         let next = match event.status {
             DeliveryStatus::Sent => MessageStatus::Sent,
             DeliveryStatus::Delivered => MessageStatus::Delivered,
             DeliveryStatus::Read => MessageStatus::Read,
             DeliveryStatus::Failed => MessageStatus::Failed,
         };
-        let reason = event
-            .reason
-            .clone()
-            .or_else(|| event.code.and_then(crate::provider::failure_reason).map(str::to_string));
+        let reason = event.reason.clone().or_else(|| {
+            event
+                .code
+                .and_then(crate::provider::failure_reason)
+                .map(str::to_string)
+        });
         let updated = self.store.update_entry(key, |e| {
             let applied = e.status.advances_to(next);
             let duplicate = e
@@ -275,7 +312,9 @@ impl Engine {
                 Some(r) if next == MessageStatus::Failed => format!("failed: {r}"),
                 _ => next.as_str().to_string(),
             };
-            self.store.update_conversation(cf, now, |c| c.record(now, next.as_str(), detail.clone(), Some(&entry.rule)))?;
+            self.store.update_conversation(cf, now, |c| {
+                c.record(now, next.as_str(), detail.clone(), Some(&entry.rule))
+            })?;
         }
         let kind = match next {
             MessageStatus::Delivered => EventKind::Delivered,
@@ -304,7 +343,10 @@ impl Engine {
                         key: format!(
                             "status:{}:{}:{}",
                             rule.name,
-                            entry.message_id.clone().unwrap_or_else(|| entry.key.clone()),
+                            entry
+                                .message_id
+                                .clone()
+                                .unwrap_or_else(|| entry.key.clone()),
                             next.as_str()
                         ),
                         appointment: appointment.clone(),
@@ -373,7 +415,10 @@ mod tests {
 
     #[test]
     fn keywords_fold_case_accents_and_spaces() {
-        assert_eq!(normalize_keyword("  cancelar   suscripción "), "CANCELAR SUSCRIPCION");
+        assert_eq!(
+            normalize_keyword("  cancelar   suscripción "),
+            "CANCELAR SUSCRIPCION"
+        );
         assert_eq!(normalize_keyword("Baja"), "BAJA");
     }
 

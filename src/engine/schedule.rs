@@ -17,9 +17,16 @@ const REPLAN_HORIZON_DAYS: i64 = 60;
 
 impl Engine {
     /// Plans (or re-plans, or drops) the offset reminders of one appointment.
-    pub(crate) fn plan_appointment(&self, appt: &Appointment, now: DateTime<Utc>) -> Result<(), EngineError> {
+    pub(crate) fn plan_appointment(
+        &self,
+        appt: &Appointment,
+        now: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
         // Plans of the appointment's previous start are replaced wholesale.
-        for key in self.store.due_keys_with_prefix(&format!("offset|{}|", appt.id))? {
+        for key in self
+            .store
+            .due_keys_with_prefix(&format!("offset|{}|", appt.id))?
+        {
             self.store.cancel_due(&key)?;
         }
         if appt.status == AppointmentStatus::Cancelled {
@@ -39,7 +46,10 @@ impl Engine {
             if due_at <= now {
                 // Booked (or moved) after the reminder time: `late` decides, and it is recorded.
                 match offset.late {
-                    LatePolicy::Send if start > now || offset.direction == crate::rules::OffsetDirection::After => {
+                    LatePolicy::Send
+                        if start > now
+                            || offset.direction == crate::rules::OffsetDirection::After =>
+                    {
                         self.fire_reminder(rule, appt, now)?;
                     }
                     _ => {
@@ -47,7 +57,10 @@ impl Engine {
                             &occasion,
                             &Fired {
                                 at: now,
-                                outcome: format!("late-skipped: booked after the reminder time ({})", due_at.to_rfc3339()),
+                                outcome: format!(
+                                    "late-skipped: booked after the reminder time ({})",
+                                    due_at.to_rfc3339()
+                                ),
                             },
                         )?;
                     }
@@ -80,7 +93,11 @@ impl Engine {
     }
 
     /// After a send: starts the `no_reply` timers of rules watching the sending rule.
-    pub(crate) fn plan_no_reply(&self, entry: &OutboxEntry, now: DateTime<Utc>) -> Result<(), EngineError> {
+    pub(crate) fn plan_no_reply(
+        &self,
+        entry: &OutboxEntry,
+        now: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
         let Some(cf) = &entry.custom_field else {
             return Ok(());
         };
@@ -88,7 +105,8 @@ impl Engine {
         for rule in rules.rules.iter().filter(|r| r.enabled) {
             if let Trigger::NoReply(t) = &rule.trigger {
                 if t.rule == entry.rule {
-                    let after = chrono::Duration::from_std(t.after).unwrap_or(chrono::Duration::hours(4));
+                    let after =
+                        chrono::Duration::from_std(t.after).unwrap_or(chrono::Duration::hours(4));
                     self.store.schedule_due(&DueEntry {
                         key: format!("noreply|{cf}|{}|{}", rule.name, entry.key),
                         due_at: now + after,
@@ -105,7 +123,12 @@ impl Engine {
         Ok(())
     }
 
-    fn fire_reminder(&self, rule: &Rule, appt: &Appointment, now: DateTime<Utc>) -> Result<Ran, EngineError> {
+    fn fire_reminder(
+        &self,
+        rule: &Rule,
+        appt: &Appointment,
+        now: DateTime<Utc>,
+    ) -> Result<Ran, EngineError> {
         let occ = Occasion {
             key: reminder_occasion(&rule.name, &appt.id, appt.start_utc()),
             appointment: Some(appt.clone()),
@@ -142,7 +165,8 @@ impl Engine {
             return Ok(());
         };
         let late_by = now - entry.due_at;
-        let grace = chrono::Duration::from_std(self.config.schedule.catch_up).unwrap_or(chrono::Duration::hours(6));
+        let grace = chrono::Duration::from_std(self.config.schedule.catch_up)
+            .unwrap_or(chrono::Duration::hours(6));
         let appointment = match &entry.appointment_id {
             Some(id) => self.store.get_appointment(id)?,
             None => None,
@@ -152,7 +176,9 @@ impl Engine {
                 let Some(appt) = appointment else {
                     return Ok(());
                 };
-                if Some(appt.start_utc()) != entry.appointment_start || appt.status == AppointmentStatus::Cancelled {
+                if Some(appt.start_utc()) != entry.appointment_start
+                    || appt.status == AppointmentStatus::Cancelled
+                {
                     return Ok(());
                 }
                 let occasion = reminder_occasion(&rule.name, &appt.id, appt.start_utc());
@@ -161,7 +187,10 @@ impl Engine {
                         &occasion,
                         &Fired {
                             at: now,
-                            outcome: format!("missed: due {} while the engine was down, past the catch-up grace", entry.due_at.to_rfc3339()),
+                            outcome: format!(
+                                "missed: due {} while the engine was down, past the catch-up grace",
+                                entry.due_at.to_rfc3339()
+                            ),
                         },
                     )?;
                     tracing::warn!(rule = %rule.name, appointment = %appt.id, "reminder missed while down (past catch-up grace)");
@@ -174,7 +203,11 @@ impl Engine {
                     key: format!(
                         "noreply:{}:{}",
                         rule.name,
-                        entry.context.get("source_key").and_then(|v| v.as_str()).unwrap_or(&entry.key)
+                        entry
+                            .context
+                            .get("source_key")
+                            .and_then(|v| v.as_str())
+                            .unwrap_or(&entry.key)
                     ),
                     appointment,
                     message: entry.context.get("message").cloned(),
@@ -221,7 +254,8 @@ impl Engine {
             let Some(slot) = latest else {
                 continue;
             };
-            let grace = chrono::Duration::from_std(cron.catch_up).unwrap_or(chrono::Duration::hours(6));
+            let grace =
+                chrono::Duration::from_std(cron.catch_up).unwrap_or(chrono::Duration::hours(6));
             if now - slot > grace {
                 self.record_missed(&rule.name, slot, now)?;
             } else {
@@ -233,7 +267,12 @@ impl Engine {
         Ok(fired)
     }
 
-    fn record_missed(&self, rule: &str, slot: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), EngineError> {
+    fn record_missed(
+        &self,
+        rule: &str,
+        slot: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
         tracing::warn!(rule = %rule, slot = %slot.to_rfc3339(), "cron slot missed while the engine was down");
         self.store.mark_fired(
             &format!("cron:{rule}:{}", slot.to_rfc3339()),
@@ -247,13 +286,20 @@ impl Engine {
 
     /// Runs a cron rule for one slot: once per selected appointment with `for_each`, else
     /// once. Each is its own occasion, so a second firing or a manual run repeats nothing.
-    pub(crate) fn fire_cron(&self, rule: &Rule, slot: DateTime<Utc>, now: DateTime<Utc>) -> Result<usize, EngineError> {
+    pub(crate) fn fire_cron(
+        &self,
+        rule: &Rule,
+        slot: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<usize, EngineError> {
         let mut ran = 0;
         match &rule.for_each {
             Some(for_each) => {
                 let (from, to) = for_each.starts.window(slot, rule.timezone);
                 for appt in self.store.appointments_starting(from, to)? {
-                    if !for_each.status.is_empty() && !for_each.status.iter().any(|s| s == appt.status.as_str()) {
+                    if !for_each.status.is_empty()
+                        && !for_each.status.iter().any(|s| s == appt.status.as_str())
+                    {
                         continue;
                     }
                     if let Ran::Done { .. } = self.fire_reminder(rule, &appt, now)? {
@@ -334,11 +380,19 @@ impl Engine {
     }
 
     /// Stores an appointment from the API or an import and reacts to the change.
-    pub fn upsert_appointment(&self, id: &str, body: &serde_json::Value) -> Result<(Appointment, bool), UpsertError> {
+    pub fn upsert_appointment(
+        &self,
+        id: &str,
+        body: &serde_json::Value,
+    ) -> Result<(Appointment, bool), UpsertError> {
         let now = self.clock.now();
         let existing = self.store.get_appointment(id).map_err(EngineError::from)?;
-        let appt = Appointment::from_json(id, body, now, existing.as_ref()).map_err(UpsertError::Invalid)?;
-        let previous = self.store.put_appointment(&appt).map_err(EngineError::from)?;
+        let appt = Appointment::from_json(id, body, now, existing.as_ref())
+            .map_err(UpsertError::Invalid)?;
+        let previous = self
+            .store
+            .put_appointment(&appt)
+            .map_err(EngineError::from)?;
         self.appointment_changed(previous.as_ref(), &appt, now)?;
         Ok((appt, previous.is_none()))
     }

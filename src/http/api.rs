@@ -20,11 +20,16 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/api/v1/appointments", get(list_appointments))
         .route(
             "/api/v1/appointments/{id}",
-            get(get_appointment).put(put_appointment).delete(delete_appointment),
+            get(get_appointment)
+                .put(put_appointment)
+                .delete(delete_appointment),
         )
         .route("/api/v1/messages", get(list_messages))
         .route("/api/v1/messages/{id}", get(get_message))
-        .route("/api/v1/conversations/{custom_field}", get(get_conversation))
+        .route(
+            "/api/v1/conversations/{custom_field}",
+            get(get_conversation),
+        )
         .route("/api/v1/replies", get(list_replies))
         .route("/api/v1/dead-letters", get(dead_letters))
         .route("/api/v1/rules", get(list_rules))
@@ -33,7 +38,11 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route_layer(axum::middleware::from_fn_with_state(state, require_token))
 }
 
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
+async fn require_token(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let Some(token) = &state.engine.config.api.token else {
         return Err(ApiError::Unauthorized);
     };
@@ -60,7 +69,11 @@ async fn put_appointment(
     match engine.upsert_appointment(&id, &value) {
         Ok((appt, created)) => {
             engine.store.durable().await?;
-            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             Ok((status, Json(appt.to_context())))
         }
         Err(UpsertError::Invalid(errors)) => Err(ApiError::Invalid(errors)),
@@ -68,13 +81,26 @@ async fn put_appointment(
     }
 }
 
-async fn get_appointment(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let appt = state.engine.store.get_appointment(&id)?.ok_or(ApiError::NotFound)?;
+async fn get_appointment(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let appt = state
+        .engine
+        .store
+        .get_appointment(&id)?
+        .ok_or(ApiError::NotFound)?;
     Ok(Json(appt.to_context()))
 }
 
-async fn delete_appointment(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let appt = state.engine.cancel_appointment(&id)?.ok_or(ApiError::NotFound)?;
+async fn delete_appointment(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let appt = state
+        .engine
+        .cancel_appointment(&id)?
+        .ok_or(ApiError::NotFound)?;
     state.engine.store.durable().await?;
     Ok(Json(appt.to_context()))
 }
@@ -85,16 +111,27 @@ struct Window {
     to: Option<String>,
 }
 
-fn parse_time(name: &str, text: Option<&str>, default: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
+fn parse_time(
+    name: &str,
+    text: Option<&str>,
+    default: DateTime<Utc>,
+) -> Result<DateTime<Utc>, ApiError> {
     match text {
         None => Ok(default),
         Some(t) => DateTime::parse_from_rfc3339(t)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| ApiError::BadRequest(format!("`{name}` must be an RFC 3339 time, e.g. 2026-11-26T00:00:00-05:00"))),
+            .map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "`{name}` must be an RFC 3339 time, e.g. 2026-11-26T00:00:00-05:00"
+                ))
+            }),
     }
 }
 
-async fn list_appointments(State(state): State<AppState>, Query(w): Query<Window>) -> Result<Json<Value>, ApiError> {
+async fn list_appointments(
+    State(state): State<AppState>,
+    Query(w): Query<Window>,
+) -> Result<Json<Value>, ApiError> {
     let now = state.engine.clock.now();
     let from = parse_time("from", w.from.as_deref(), now - chrono::Duration::days(1))?;
     let to = parse_time("to", w.to.as_deref(), now + chrono::Duration::days(30))?;
@@ -118,12 +155,18 @@ struct MessageFilter {
 fn message_json(e: &OutboxEntry) -> Value {
     let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
     if let Some(obj) = v.as_object_mut() {
-        obj.insert("id".into(), e.message_id.clone().unwrap_or_else(|| e.key.clone()).into());
+        obj.insert(
+            "id".into(),
+            e.message_id.clone().unwrap_or_else(|| e.key.clone()).into(),
+        );
     }
     v
 }
 
-async fn list_messages(State(state): State<AppState>, Query(f): Query<MessageFilter>) -> Result<Json<Value>, ApiError> {
+async fn list_messages(
+    State(state): State<AppState>,
+    Query(f): Query<MessageFilter>,
+) -> Result<Json<Value>, ApiError> {
     let mobile = match &f.mobile {
         Some(m) => Some(
             crate::provider::Mobile::parse(m)
@@ -141,7 +184,10 @@ async fn list_messages(State(state): State<AppState>, Query(f): Query<MessageFil
         if mobile.is_some() && entry.mobile != mobile {
             continue;
         }
-        if f.status.as_deref().is_some_and(|s| s != entry.status.as_str()) {
+        if f.status
+            .as_deref()
+            .is_some_and(|s| s != entry.status.as_str())
+        {
             continue;
         }
         if f.rule.as_deref().is_some_and(|r| r != entry.rule) {
@@ -155,7 +201,10 @@ async fn list_messages(State(state): State<AppState>, Query(f): Query<MessageFil
     Ok(Json(json!({"messages": out})))
 }
 
-async fn get_message(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_message(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let store = &state.engine.store;
     let entry = match store.entry_by_message_id(&id)? {
         Some(e) => e,
@@ -164,8 +213,15 @@ async fn get_message(State(state): State<AppState>, Path(id): Path<String>) -> R
     Ok(Json(message_json(&entry)))
 }
 
-async fn get_conversation(State(state): State<AppState>, Path(cf): Path<String>) -> Result<Json<Value>, ApiError> {
-    let conv = state.engine.store.get_conversation(&cf)?.ok_or(ApiError::NotFound)?;
+async fn get_conversation(
+    State(state): State<AppState>,
+    Path(cf): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let conv = state
+        .engine
+        .store
+        .get_conversation(&cf)?
+        .ok_or(ApiError::NotFound)?;
     Ok(Json(serde_json::to_value(conv).unwrap_or(Value::Null)))
 }
 
@@ -174,7 +230,10 @@ struct ReplyFilter {
     unhandled: Option<bool>,
 }
 
-async fn list_replies(State(state): State<AppState>, Query(f): Query<ReplyFilter>) -> Result<Json<Value>, ApiError> {
+async fn list_replies(
+    State(state): State<AppState>,
+    Query(f): Query<ReplyFilter>,
+) -> Result<Json<Value>, ApiError> {
     let mut out = Vec::new();
     for r in state.engine.store.replies() {
         let r = r?;
@@ -199,7 +258,9 @@ async fn list_rules(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         .iter()
         .map(|r| {
             let next = match &r.trigger {
-                crate::rules::Trigger::Cron(c) => c.next_after(now, r.timezone).map(|t| t.to_rfc3339()),
+                crate::rules::Trigger::Cron(c) => {
+                    c.next_after(now, r.timezone).map(|t| t.to_rfc3339())
+                }
                 _ => None,
             };
             json!({
@@ -237,7 +298,10 @@ async fn reload_rules(State(state): State<AppState>) -> Result<Json<Value>, ApiE
     }
 }
 
-async fn run_rule(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn run_rule(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let ran = state.engine.run_rule_now(&name)?;
     state.engine.store.durable().await?;
     Ok(Json(json!({"rule": name, "occasions": ran})))

@@ -63,12 +63,17 @@ impl IntoResponse for ApiError {
                 json!({"error": "missing or wrong bearer token: send `Authorization: Bearer <api.token>`"}),
             ),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({"error": m})),
-            ApiError::Invalid(errors) => (StatusCode::UNPROCESSABLE_ENTITY, json!({"errors": errors})),
+            ApiError::Invalid(errors) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, json!({"errors": errors}))
+            }
             ApiError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": "the store cannot write right now; retry later"}),
             ),
-            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "internal error"})),
+            ApiError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": "internal error"}),
+            ),
         };
         (status, Json(body)).into_response()
     }
@@ -121,5 +126,7 @@ pub async fn serve(
         StatusCode::REQUEST_TIMEOUT,
         Duration::from_secs(30),
     ));
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

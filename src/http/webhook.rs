@@ -29,11 +29,15 @@ async fn receive(
         Intake::Accepted => Ok((StatusCode::OK, Json(json!({"status": "ok"})))),
         Intake::UnknownShape => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({"status": "kept", "error": "unknown event shape; kept as a dead letter for inspection"})),
+            Json(
+                json!({"status": "kept", "error": "unknown event shape; kept as a dead letter for inspection"}),
+            ),
         )),
         Intake::Malformed => Ok((
             StatusCode::BAD_REQUEST,
-            Json(json!({"status": "kept", "error": "the body is not JSON; kept as a dead letter for inspection"})),
+            Json(
+                json!({"status": "kept", "error": "the body is not JSON; kept as a dead letter for inspection"}),
+            ),
         )),
     }
 }

@@ -39,11 +39,19 @@ pub enum StoreError {
     #[error("cannot open the store at `{path}`: {source}; check that the folder exists, is writable and no other recuerda uses it")]
     Open { path: String, source: sled::Error },
     #[error("the store at `{path}` has format version {found}, this recuerda reads version {expected}: restore a matching backup or upgrade recuerda")]
-    Version { path: String, found: String, expected: u32 },
+    Version {
+        path: String,
+        found: String,
+        expected: u32,
+    },
     #[error("store write failed: {0}; check the data folder's disk space and permissions")]
     Io(String),
     #[error("stored record `{key}` in `{tree}` is corrupt: {message}")]
-    Corrupt { tree: &'static str, key: String, message: String },
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        message: String,
+    },
     #[error("the store is shutting down")]
     Closed,
 }
@@ -203,7 +211,10 @@ impl Store {
     /// flush (group commit).
     pub async fn durable(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.inner.flush_tx.send(tx).map_err(|_| StoreError::Closed)?;
+        self.inner
+            .flush_tx
+            .send(tx)
+            .map_err(|_| StoreError::Closed)?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StoreError::Io(e)),
@@ -255,9 +266,17 @@ impl Store {
     }
 
     /// Appointments whose start is in `[from, to)`, in start order.
-    pub fn appointments_starting(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Vec<Appointment>> {
+    pub fn appointments_starting(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<Appointment>> {
         let mut out = Vec::new();
-        for item in self.inner.appt_start.range(ms_key(from).to_vec()..ms_key(to).to_vec()) {
+        for item in self
+            .inner
+            .appt_start
+            .range(ms_key(from).to_vec()..ms_key(to).to_vec())
+        {
             let (k, _) = item?;
             let id = String::from_utf8_lossy(&k[8..]).into_owned();
             if let Some(a) = self.get_appointment(&id)? {
@@ -316,8 +335,8 @@ impl Store {
                 let Some(bytes) = t.get(&ekey)? else {
                     return Ok(None);
                 };
-                let old: OutboxEntry =
-                    decode("outbox", key.as_bytes(), &bytes).map_err(ConflictableTransactionError::Abort)?;
+                let old: OutboxEntry = decode("outbox", key.as_bytes(), &bytes)
+                    .map_err(ConflictableTransactionError::Abort)?;
                 let mut new = old.clone();
                 if !change(&mut new) {
                     return Ok(None);
@@ -413,10 +432,11 @@ impl Store {
 
     /// Records that `occasion` fired; returns false if it already had.
     pub fn mark_fired(&self, occasion: &str, fired: &Fired) -> Result<bool> {
-        let swapped = self
-            .inner
-            .fired
-            .compare_and_swap(occasion, None as Option<&[u8]>, Some(to_vec(fired)))?;
+        let swapped = self.inner.fired.compare_and_swap(
+            occasion,
+            None as Option<&[u8]>,
+            Some(to_vec(fired)),
+        )?;
         Ok(swapped.is_ok())
     }
 
@@ -432,7 +452,10 @@ impl Store {
         let mut out = Vec::new();
         for item in self.inner.fired.scan_prefix(prefix) {
             let (k, v) = item?;
-            out.push((String::from_utf8_lossy(&k).into_owned(), decode("fired", &k, &v)?));
+            out.push((
+                String::from_utf8_lossy(&k).into_owned(),
+                decode("fired", &k, &v)?,
+            ));
         }
         Ok(out)
     }
@@ -472,7 +495,9 @@ impl Store {
     // ---- opt-outs ------------------------------------------------------------------
 
     pub fn opt_out(&self, record: &OptOut) -> Result<()> {
-        self.inner.optout.insert(record.mobile.as_bytes(), to_vec(record))?;
+        self.inner
+            .optout
+            .insert(record.mobile.as_bytes(), to_vec(record))?;
         Ok(())
     }
 
@@ -498,7 +523,9 @@ impl Store {
         let mut out = Vec::new();
         for item in self.inner.inbox.iter() {
             let (k, v) = item?;
-            let id = uuid::Uuid::from_slice(&k).map(|u| u.to_string()).unwrap_or_default();
+            let id = uuid::Uuid::from_slice(&k)
+                .map(|u| u.to_string())
+                .unwrap_or_default();
             out.push((id, decode("inbox", &k, &v)?));
         }
         Ok(out)
@@ -517,7 +544,9 @@ impl Store {
 
     /// Stores a reply, or overwrites one with the same id.
     pub fn put_reply(&self, reply: &Reply) -> Result<()> {
-        self.inner.replies.insert(reply.id.as_bytes(), to_vec(reply))?;
+        self.inner
+            .replies
+            .insert(reply.id.as_bytes(), to_vec(reply))?;
         Ok(())
     }
 
@@ -537,13 +566,19 @@ impl Store {
 
     /// Records that a reply with this fingerprint was seen at `at`; returns when it was seen
     /// before, if ever.
-    pub fn reply_seen(&self, fingerprint: &str, at: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+    pub fn reply_seen(
+        &self,
+        fingerprint: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>> {
         let previous = self.inner.reply_seen.insert(fingerprint, &ms_key(at))?;
         Ok(previous.and_then(|p| ms_from_key(&p)))
     }
 
     pub fn put_dead_letter(&self, letter: &DeadLetter) -> Result<()> {
-        self.inner.dead.insert(letter.id.as_bytes(), to_vec(letter))?;
+        self.inner
+            .dead
+            .insert(letter.id.as_bytes(), to_vec(letter))?;
         Ok(())
     }
 
@@ -595,7 +630,10 @@ impl Store {
         self.inner
             .due_keys
             .scan_prefix(prefix)
-            .map(|item| item.map(|(k, _)| String::from_utf8_lossy(&k).into_owned()).map_err(StoreError::from))
+            .map(|item| {
+                item.map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+                    .map_err(StoreError::from)
+            })
             .collect()
     }
 
@@ -634,7 +672,9 @@ impl Store {
     }
 
     pub fn set_cron_last(&self, rule: &str, slot: DateTime<Utc>) -> Result<()> {
-        self.inner.meta.insert(format!("cron/{rule}"), &ms_key(slot))?;
+        self.inner
+            .meta
+            .insert(format!("cron/{rule}"), &ms_key(slot))?;
         Ok(())
     }
 }
@@ -650,9 +690,15 @@ async fn flusher(
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
-        let result = db.flush_async().await.map(|_| ()).map_err(|e| e.to_string());
+        let result = db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
         if let Some(inner) = inner.upgrade() {
-            inner.write_failing.store(result.is_err(), Ordering::Relaxed);
+            inner
+                .write_failing
+                .store(result.is_err(), Ordering::Relaxed);
         }
         for w in waiters {
             let _ = w.send(result.clone());

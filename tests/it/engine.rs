@@ -5,7 +5,9 @@ use recuerda::app::{self, Running};
 use recuerda::clock::SystemClock;
 use recuerda::config::Config;
 use recuerda::secret::Secret;
-use recuerda::simulator::{Account, DeliveryEvent, Fault, SimConfig, SimHandle, SimTemplate, Simulator};
+use recuerda::simulator::{
+    Account, DeliveryEvent, Fault, SimConfig, SimHandle, SimTemplate, Simulator,
+};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -83,7 +85,13 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> Value {
-        let r = self.http.get(self.url(path)).bearer_auth(API_TOKEN).send().await.expect("api reachable");
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .expect("api reachable");
         assert!(r.status().is_success(), "GET {path}: {}", r.status());
         r.json().await.expect("json")
     }
@@ -106,7 +114,10 @@ pub fn write_folder(dir: &std::path::Path, rules: &str) -> Config {
         let vars: Vec<String> = vars.iter().map(|v| format!("  - {:?}", v)).collect();
         std::fs::write(
             templates_dir.join(format!("{id}.yaml")),
-            format!("id: {id}\nname: {name:?}\nbody: {body:?}\nvariables:\n{}\n", vars.join("\n")),
+            format!(
+                "id: {id}\nname: {name:?}\nbody: {body:?}\nvariables:\n{}\n",
+                vars.join("\n")
+            ),
         )
         .unwrap();
     }
@@ -149,7 +160,9 @@ pub fn sim_config() -> SimConfig {
 
 pub async fn spawn_app(rules: &str, sim: SimConfig, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let sim = Simulator::start(sim, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let sim = Simulator::start(sim, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let mut config = write_folder(dir.path(), rules);
     config.provider.base_url = sim.base_url();
     config.provider.login = Some(LOGIN.into());
@@ -162,9 +175,14 @@ pub async fn spawn_app(rules: &str, sim: SimConfig, tweak: impl FnOnce(&mut Conf
     config.api.token = Some(Secret::new(API_TOKEN));
     tweak(&mut config);
     let rules = app::load_rules(&config).expect("test rules load");
-    let running = app::start(config, rules, Arc::new(SystemClock), "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("engine starts");
+    let running = app::start(
+        config,
+        rules,
+        Arc::new(SystemClock),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .expect("engine starts");
     sim.set_webhook_url(running.webhook_url()).unwrap();
     TestApp {
         sim,
@@ -209,23 +227,41 @@ async fn message_status(t: &TestApp, mobile: &str, template: u32) -> Option<Valu
 #[tokio::test]
 async fn send_then_sent_delivered_read_and_replays_change_nothing() {
     let t = spawn_app(RULES, sim_config(), |_| {}).await;
-    let r = t.put_appointment("A1", appointment("+57 310 233 4455")).await;
+    let r = t
+        .put_appointment("A1", appointment("+57 310 233 4455"))
+        .await;
     assert_eq!(r.status(), 201);
-    let again = t.put_appointment("A1", appointment("+57 310 233 4455")).await;
+    let again = t
+        .put_appointment("A1", appointment("+57 310 233 4455"))
+        .await;
     assert_eq!(again.status(), 200);
 
     let msg = eventually("the reminder reads `read`", || async {
-        message_status(&t, "573102334455", 990).await.filter(|m| m["status"] == "read")
+        message_status(&t, "573102334455", 990)
+            .await
+            .filter(|m| m["status"] == "read")
     })
     .await;
     let id = msg["message_id"].as_str().unwrap().to_string();
     let sends = t.sim.sends();
-    assert_eq!(sends.len(), 1, "one send for one booking, even after the PUT was repeated");
-    assert_eq!(sends[0].variables, vec!["Carlos", "martes 26 de noviembre", "3:30 p. m."]);
+    assert_eq!(
+        sends.len(),
+        1,
+        "one send for one booking, even after the PUT was repeated"
+    );
+    assert_eq!(
+        sends[0].variables,
+        vec!["Carlos", "martes 26 de noviembre", "3:30 p. m."]
+    );
     assert_eq!(sends[0].custom_field.as_deref(), Some("cita-A1"));
 
     // The same events again, and out of order: the status stays `read`.
-    for event in [DeliveryEvent::Delivered, DeliveryEvent::Sent, DeliveryEvent::Read, DeliveryEvent::Delivered] {
+    for event in [
+        DeliveryEvent::Delivered,
+        DeliveryEvent::Sent,
+        DeliveryEvent::Read,
+        DeliveryEvent::Delivered,
+    ] {
         t.sim.push_event(&id, event, None).await.unwrap();
     }
     let engine = &t.app().engine;
@@ -246,17 +282,32 @@ async fn send_then_sent_delivered_read_and_replays_change_nothing() {
 #[tokio::test]
 async fn reply_one_confirms_two_cancels_gibberish_gets_help_and_baja_opts_out() {
     let t = spawn_app(RULES, sim_config(), |_| {}).await;
-    let people = [("C1", "573001110001", "1"), ("C2", "573001110002", "2"), ("C3", "573001110003", "hola?"), ("C4", "573001110004", "baja")];
+    let people = [
+        ("C1", "573001110001", "1"),
+        ("C2", "573001110002", "2"),
+        ("C3", "573001110003", "hola?"),
+        ("C4", "573001110004", "baja"),
+    ];
     for (id, mobile, _) in &people {
-        assert_eq!(t.put_appointment(id, appointment(mobile)).await.status(), 201);
+        assert_eq!(
+            t.put_appointment(id, appointment(mobile)).await.status(),
+            201
+        );
     }
-    eventually("four reminders sent", || async { (t.sim.sends().len() == 4).then_some(()) }).await;
+    eventually("four reminders sent", || async {
+        (t.sim.sends().len() == 4).then_some(())
+    })
+    .await;
     for (id, mobile, text) in &people {
-        t.sim.reply(mobile, text, &format!("cita-{id}")).await.unwrap();
+        t.sim
+            .reply(mobile, text, &format!("cita-{id}"))
+            .await
+            .unwrap();
     }
     eventually("three answers sent", || async {
         let templates: Vec<u32> = t.sim.sends().iter().map(|s| s.template_id).collect();
-        (templates.contains(&991) && templates.contains(&992) && templates.contains(&996)).then_some(())
+        (templates.contains(&991) && templates.contains(&992) && templates.contains(&996))
+            .then_some(())
     })
     .await;
     let c1 = t.get("/api/v1/appointments/C1").await;
@@ -265,21 +316,45 @@ async fn reply_one_confirms_two_cancels_gibberish_gets_help_and_baja_opts_out() 
     assert_eq!(conv["state"], "confirmada");
     let c2 = t.get("/api/v1/appointments/C2").await;
     assert_eq!(c2["status"], "cancelled");
-    let help = t.sim.sends().into_iter().find(|s| s.template_id == 996).unwrap();
+    let help = t
+        .sim
+        .sends()
+        .into_iter()
+        .find(|s| s.template_id == 996)
+        .unwrap();
     assert_eq!(help.variables, vec!["hola?"]);
     assert_eq!(help.mobile, "573001110003");
 
     // BAJA: no rule ran for it, and a later message to that mobile is suppressed and recorded.
-    assert!(!t.sim.sends().iter().any(|s| s.mobile == "573001110004" && s.template_id != 990));
-    assert_eq!(t.put_appointment("C4b", appointment("573001110004")).await.status(), 201);
+    assert!(!t
+        .sim
+        .sends()
+        .iter()
+        .any(|s| s.mobile == "573001110004" && s.template_id != 990));
+    assert_eq!(
+        t.put_appointment("C4b", appointment("573001110004"))
+            .await
+            .status(),
+        201
+    );
     let skipped = eventually("the suppressed send is recorded", || async {
         t.get("/api/v1/messages?mobile=573001110004").await["messages"]
             .as_array()
             .and_then(|l| l.iter().find(|m| m["status"] == "skipped").cloned())
     })
     .await;
-    assert!(skipped["error"].as_str().unwrap().contains("opted out"), "{skipped}");
-    assert_eq!(t.sim.sends().iter().filter(|s| s.mobile == "573001110004").count(), 1);
+    assert!(
+        skipped["error"].as_str().unwrap().contains("opted out"),
+        "{skipped}"
+    );
+    assert_eq!(
+        t.sim
+            .sends()
+            .iter()
+            .filter(|s| s.mobile == "573001110004")
+            .count(),
+        1
+    );
     t.shutdown().await;
 }
 
@@ -287,11 +362,17 @@ async fn reply_one_confirms_two_cancels_gibberish_gets_help_and_baja_opts_out() 
 async fn provider_500s_then_success_sends_once() {
     let t = spawn_app(RULES, sim_config(), |_| {}).await;
     for _ in 0..2 {
-        t.sim.push_fault(Fault::HttpStatus { status: 500, body: "boom".into(), retry_after: None });
+        t.sim.push_fault(Fault::HttpStatus {
+            status: 500,
+            body: "boom".into(),
+            retry_after: None,
+        });
     }
     t.put_appointment("F1", appointment("573001110010")).await;
     let msg = eventually("sent after two 500s", || async {
-        message_status(&t, "573001110010", 990).await.filter(|m| m["message_id"].is_string())
+        message_status(&t, "573001110010", 990)
+            .await
+            .filter(|m| m["message_id"].is_string())
     })
     .await;
     assert_eq!(msg["attempts"], 3);
@@ -305,14 +386,21 @@ async fn code_5_pauses_sending_until_the_balance_is_topped_up() {
     t.sim.set_balance(LOGIN, 0).unwrap();
     t.put_appointment("B1", appointment("573001110020")).await;
     eventually("dispatcher paused", || async {
-        matches!(t.app().engine.dispatch_state(), recuerda::engine::DispatchState::PausedForBalance).then_some(())
+        matches!(
+            t.app().engine.dispatch_state(),
+            recuerda::engine::DispatchState::PausedForBalance
+        )
+        .then_some(())
     })
     .await;
     t.put_appointment("B2", appointment("573001110021")).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(t.sim.sends().is_empty(), "nothing is sent while paused");
     t.sim.set_balance(LOGIN, 10).unwrap();
-    eventually("both sent after the top-up", || async { (t.sim.sends().len() == 2).then_some(()) }).await;
+    eventually("both sent after the top-up", || async {
+        (t.sim.sends().len() == 2).then_some(())
+    })
+    .await;
     t.shutdown().await;
 }
 
@@ -322,14 +410,21 @@ async fn code_8_fails_that_message_only() {
     t.sim.push_fault(Fault::Code { code: 8 });
     t.put_appointment("V1", appointment("573001110030")).await;
     let failed = eventually("the first message failed", || async {
-        message_status(&t, "573001110030", 990).await.filter(|m| m["status"] == "failed")
+        message_status(&t, "573001110030", 990)
+            .await
+            .filter(|m| m["status"] == "failed")
     })
     .await;
     assert_eq!(failed["code"], 8);
-    assert!(failed["error"].as_str().unwrap().contains("code 8"), "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("code 8"),
+        "{failed}"
+    );
     t.put_appointment("V2", appointment("573001110031")).await;
     eventually("the next one is sent", || async {
-        message_status(&t, "573001110031", 990).await.filter(|m| m["message_id"].is_string())
+        message_status(&t, "573001110031", 990)
+            .await
+            .filter(|m| m["message_id"].is_string())
     })
     .await;
     t.shutdown().await;
@@ -347,15 +442,29 @@ async fn wrong_webhook_secret_is_404_and_malformed_body_is_400_and_kept() {
         .unwrap();
     assert_eq!(wrong.status(), 404);
     assert_eq!(t.app().engine.store.inbox_depth(), 0);
-    assert!(t.get("/api/v1/replies").await["replies"].as_array().unwrap().is_empty());
+    assert!(t.get("/api/v1/replies").await["replies"]
+        .as_array()
+        .unwrap()
+        .is_empty());
 
     let hook = t.app().webhook_url().unwrap();
     let bad = t.http.post(&hook).body("{not json").send().await.unwrap();
     assert_eq!(bad.status(), 400);
-    let odd = t.http.post(&hook).body(r#"{"foo": 1}"#).send().await.unwrap();
+    let odd = t
+        .http
+        .post(&hook)
+        .body(r#"{"foo": 1}"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(odd.status(), 202);
     let letters = t.get("/api/v1/dead-letters").await;
-    let bodies: Vec<&str> = letters["dead_letters"].as_array().unwrap().iter().map(|l| l["body"].as_str().unwrap()).collect();
+    let bodies: Vec<&str> = letters["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["body"].as_str().unwrap())
+        .collect();
     assert_eq!(bodies, ["{not json", r#"{"foo": 1}"#]);
 
     let unauthorized = t.http.get(t.url("/api/v1/replies")).send().await.unwrap();
