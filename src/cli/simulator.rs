@@ -21,7 +21,12 @@ pub struct SimulatorArgs {
 /// `recuerda.yaml`. Without it the demo account runs.
 pub async fn run(args: SimulatorArgs, config: Option<&Path>) -> anyhow::Result<()> {
     let (mut sim_config, demo) = match config {
-        Some(path) => (SimConfig::load(path)?, false),
+        Some(path) => {
+            let config = SimConfig::load(path).context(
+                "cannot load the simulator config (shaped like `deploy/simulator.yaml`, not a `recuerda.yaml`)",
+            )?;
+            (config, false)
+        }
         None => (SimConfig::demo(), true),
     };
     if args.webhook_url.is_some() {

@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
-use serde_json::json;
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -68,9 +68,40 @@ pub fn concept(code: u8) -> &'static str {
     }
 }
 
+/// The provider's answers, as structs so the keys keep the provider's order on the wire.
+#[derive(Serialize)]
+struct CodeAnswer<'a> {
+    code: u8,
+    status: &'a str,
+    #[serde(rename = "messageId", skip_serializing_if = "Option::is_none")]
+    message_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct BalanceAnswer {
+    balance: String,
+    status: &'static str,
+}
+
+#[derive(Serialize)]
+struct ListedTemplate {
+    nombre_plantilla: String,
+    plantilla_aprobada: String,
+    status: &'static str,
+    /// Not in the provider's document (PROVIDER.md §3 says to parse it tolerantly).
+    id_template: u32,
+    /// WhatsApp's verdict on the template; also beyond the document.
+    estado: TemplateStatus,
+}
+
 /// `{"code": N, "status": …}` with HTTP 200, as the provider answers every refusal.
 fn code_answer(code: u8) -> Response {
-    Json(json!({"code": code, "status": concept(code)})).into_response()
+    Json(CodeAnswer {
+        code,
+        status: concept(code),
+        message_id: None,
+    })
+    .into_response()
 }
 
 /// A request body's fields, however they were encoded.
@@ -281,7 +312,12 @@ fn process_send(shared: &Arc<Shared>, form: &Form) -> Result<String, u8> {
 }
 
 fn success_answer(message_id: &str) -> Response {
-    Json(json!({"code": 1, "status": concept(1), "messageId": message_id})).into_response()
+    Json(CodeAnswer {
+        code: 1,
+        status: concept(1),
+        message_id: Some(message_id),
+    })
+    .into_response()
 }
 
 /// What a request record needs beyond the form.
@@ -301,20 +337,25 @@ fn record(shared: &Shared, endpoint: Endpoint, form: &Form, outcome: Outcome) {
     let answer = match (&outcome.fault, outcome.code, outcome.http_status) {
         (Some(fault), _, _) => format!("fault {fault}"),
         (None, Some(code), _) => format!("code {code}"),
+        (None, None, Some(200)) => "ok".into(),
         (None, None, Some(status)) => format!("HTTP {status}"),
         (None, None, None) => "no answer".into(),
     };
-    tracing::info!(
-        "POST /{path}/ login={} mobile={} template={} → {answer}{}",
-        form.get("login").unwrap_or("-"),
-        form.get("mobile").unwrap_or("-"),
-        form.get("id_template").unwrap_or("-"),
-        outcome
-            .message_id
-            .as_deref()
-            .map(|id| format!(" messageId={id}"))
-            .unwrap_or_default(),
-    );
+    let login = form.get("login").unwrap_or("-");
+    let details = match endpoint {
+        Endpoint::Send => format!(
+            " mobile={} template={}",
+            form.get("mobile").unwrap_or("-"),
+            form.get("id_template").unwrap_or("-")
+        ),
+        Endpoint::Balance | Endpoint::Template => String::new(),
+    };
+    let message_id = outcome
+        .message_id
+        .as_deref()
+        .map(|id| format!(" messageId={id}"))
+        .unwrap_or_default();
+    tracing::info!("POST /{path}/ login={login}{details} → {answer}{message_id}");
     shared.lock().requests.push(RequestRecord {
         at: Utc::now(),
         endpoint,
@@ -457,9 +498,11 @@ async fn balance(State(shared): State<Arc<Shared>>, request: Request) -> Respons
     };
     record(&shared, Endpoint::Balance, &form, outcome);
     match result {
-        Ok(balance) => {
-            Json(json!({"balance": balance.to_string(), "status": "success"})).into_response()
-        }
+        Ok(balance) => Json(BalanceAnswer {
+            balance: balance.to_string(),
+            status: "success",
+        })
+        .into_response(),
         Err(code) => code_answer(code),
     }
 }
@@ -473,14 +516,12 @@ async fn templates(State(shared): State<Arc<Shared>>, request: Request) -> Respo
                 .config
                 .templates_of(&state.config.accounts[i])
                 .into_iter()
-                .map(|t| {
-                    json!({
-                        "nombre_plantilla": t.name,
-                        "plantilla_aprobada": t.body,
-                        "status": "success",
-                        "id_template": t.id,
-                        "estado": t.status,
-                    })
+                .map(|t| ListedTemplate {
+                    nombre_plantilla: t.name.clone(),
+                    plantilla_aprobada: t.body.clone(),
+                    status: "success",
+                    id_template: t.id,
+                    estado: t.status,
                 })
                 .collect();
             if listed.is_empty() {
@@ -499,7 +540,12 @@ async fn templates(State(shared): State<Arc<Shared>>, request: Request) -> Respo
     record(&shared, Endpoint::Template, &form, outcome);
     match result {
         Ok(listed) => Json(listed).into_response(),
-        Err(4) => Json(json!({"code": 4, "status": "sin plantillas aprobadas"})).into_response(),
+        Err(4) => Json(CodeAnswer {
+            code: 4,
+            status: "sin plantillas aprobadas",
+            message_id: None,
+        })
+        .into_response(),
         Err(code) => code_answer(code),
     }
 }

@@ -170,8 +170,8 @@ impl Shared {
             .rev()
             .find(|s| s.mobile == mobile && s.custom_field.as_deref().unwrap_or("") == custom_field)
             .map(|s| s.message_id.clone());
-        let payload = reply_payload(mobile, text, custom_field);
-        webhook::deliver(self, CallbackKind::Reply, message_id, payload)
+        let body = webhook::reply_body(mobile, text, custom_field);
+        webhook::deliver(self, CallbackKind::Reply, message_id, body)
             .await
             .ok_or(SimError::NoWebhook)
     }
@@ -187,8 +187,8 @@ impl Shared {
             .send_by_id(message_id)
             .map(|s| s.whatsapp_id.clone())
             .unwrap_or_else(webhook::new_whatsapp_id);
-        let payload = event_payload(event, message_id, &whatsapp_id, code, chrono::Utc::now());
-        webhook::deliver(self, event.into(), Some(message_id.into()), payload)
+        let body = webhook::event_body(event, message_id, &whatsapp_id, code, chrono::Utc::now());
+        webhook::deliver(self, event.into(), Some(message_id.into()), body)
             .await
             .ok_or(SimError::NoWebhook)
     }

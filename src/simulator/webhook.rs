@@ -5,7 +5,8 @@ use super::config::{failure_reason, mask_url};
 use super::state::{CallbackKind, CallbackRecord, DeliveryEvent, SendRecord, SimState};
 use super::Shared;
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -32,41 +33,99 @@ pub fn event_payload(
     code: Option<u16>,
     at: DateTime<Utc>,
 ) -> Value {
+    as_value(&event_body(event, message_id, whatsapp_id, code, at))
+}
+
+/// A patient's reply: no `type` at all.
+pub fn reply_payload(mobile: &str, text: &str, custom_field: &str) -> Value {
+    as_value(&reply_body(mobile, text, custom_field))
+}
+
+fn as_value(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()))
+}
+
+/// The callbacks as structs, so the text POSTed keeps the provider's key order (a
+/// `serde_json::Value` would sort the keys).
+#[derive(Serialize)]
+struct DeliveryBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    type2: String,
+    #[serde(rename = "messageId_whatsapp")]
+    whatsapp_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fecha_envio_por_whatsapp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fecha_lectura_usuario: Option<String>,
+    #[serde(rename = "&messageId")]
+    message_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct FailedBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    type2: &'static str,
+    code: String,
+    reason: &'a str,
+    #[serde(rename = "messageId")]
+    message_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct ReplyBody<'a> {
+    mobile: &'a str,
+    message: &'a str,
+    custom_field: &'a str,
+}
+
+/// Serializing these string-only structs cannot fail; `{}` keeps the type honest anyway.
+fn to_json(body: &impl Serialize) -> String {
+    serde_json::to_string(body).unwrap_or_else(|_| "{}".into())
+}
+
+pub(crate) fn event_body(
+    event: DeliveryEvent,
+    message_id: &str,
+    whatsapp_id: &str,
+    code: Option<u16>,
+    at: DateTime<Utc>,
+) -> String {
     let when = at
         .with_timezone(&chrono_tz::America::Bogota)
         .format("%Y-%m-%d %H:%M:%S")
         .to_string();
+    let delivery = |sent_at: Option<String>, read_at: Option<String>| DeliveryBody {
+        kind: "message-event",
+        type2: format!(" {}", event.as_str()),
+        whatsapp_id,
+        fecha_envio_por_whatsapp: sent_at,
+        fecha_lectura_usuario: read_at,
+        message_id,
+    };
     match event {
-        DeliveryEvent::Sent | DeliveryEvent::Delivered => json!({
-            "type": "message-event",
-            "type2": format!(" {}", event.as_str()),
-            "messageId_whatsapp": whatsapp_id,
-            "fecha_envio_por_whatsapp": when,
-            "&messageId": message_id,
-        }),
-        DeliveryEvent::Read => json!({
-            "type": "message-event",
-            "type2": " read",
-            "messageId_whatsapp": whatsapp_id,
-            "fecha_lectura_usuario": when,
-            "&messageId": message_id,
-        }),
+        DeliveryEvent::Sent | DeliveryEvent::Delivered => to_json(&delivery(Some(when), None)),
+        DeliveryEvent::Read => to_json(&delivery(None, Some(when))),
         DeliveryEvent::Failed => {
             let code = code.unwrap_or(DEFAULT_FAILURE_CODE);
-            json!({
-                "type": "message-event",
-                "type2": "failed",
-                "code": code.to_string(),
-                "reason": failure_reason(code).unwrap_or("Error desconocido"),
-                "messageId": message_id,
+            to_json(&FailedBody {
+                kind: "message-event",
+                type2: "failed",
+                code: code.to_string(),
+                reason: failure_reason(code).unwrap_or("Error desconocido"),
+                message_id,
             })
         }
     }
 }
 
-/// A patient's reply: no `type` at all.
-pub fn reply_payload(mobile: &str, text: &str, custom_field: &str) -> Value {
-    json!({"mobile": mobile, "message": text, "custom_field": custom_field})
+pub(crate) fn reply_body(mobile: &str, text: &str, custom_field: &str) -> String {
+    to_json(&ReplyBody {
+        mobile,
+        message: text,
+        custom_field,
+    })
 }
 
 /// A WhatsApp-looking message id for `messageId_whatsapp`.
@@ -152,43 +211,35 @@ pub(crate) fn schedule(shared: &Arc<Shared>, send: SendRecord, steps: Vec<(Durat
             tokio::time::sleep_until(start + offset).await;
             match step {
                 Step::Event(event, code) => {
-                    let payload =
-                        event_payload(event, &send.message_id, &send.whatsapp_id, code, Utc::now());
+                    let body =
+                        event_body(event, &send.message_id, &send.whatsapp_id, code, Utc::now());
                     deliver(
                         &task_shared,
                         event.into(),
                         Some(send.message_id.clone()),
-                        payload,
+                        body,
                     )
                     .await;
                 }
                 Step::Reply(text) => {
-                    let payload = reply_payload(
-                        &send.mobile,
-                        &text,
-                        send.custom_field.as_deref().unwrap_or(""),
-                    );
-                    deliver(
-                        &task_shared,
-                        CallbackKind::Reply,
-                        Some(send.message_id.clone()),
-                        payload,
-                    )
-                    .await;
+                    let custom_field = send.custom_field.as_deref().unwrap_or("");
+                    let body = reply_body(&send.mobile, &text, custom_field);
+                    let message_id = Some(send.message_id.clone());
+                    deliver(&task_shared, CallbackKind::Reply, message_id, body).await;
                 }
             }
         }
     });
 }
 
-/// POSTs `payload` to the webhook URL set at this moment, retrying connection errors, 429 and
+/// POSTs `body` (JSON text) to the webhook URL set at this moment, retrying connection errors, 429 and
 /// 5xx with a short doubling backoff; records and logs every attempt. Returns the last attempt,
 /// or `None` when no webhook URL is set (nothing is sent then).
 pub(crate) async fn deliver(
     shared: &Shared,
     kind: CallbackKind,
     message_id: Option<String>,
-    payload: Value,
+    body: String,
 ) -> Option<CallbackRecord> {
     let Some(url) = shared.lock().webhook_url.clone() else {
         tracing::info!(
@@ -198,10 +249,17 @@ pub(crate) async fn deliver(
         return None;
     };
     let target = mask_url(&url);
+    let payload = as_value(&body);
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1;
     loop {
-        let outcome = shared.http.post(&url).json(&payload).send().await;
+        let outcome = shared
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.clone())
+            .send()
+            .await;
         let (status, error) = match outcome {
             Ok(response) => (Some(response.status().as_u16()), None),
             Err(e) => (None, Some(describe(&e))),
