@@ -174,14 +174,11 @@ impl Engine {
                 }
                 Action::Notify(notify) => {
                     let ctx = self.context(occ, conversation_key.as_deref(), now);
-                    let message = match &notify.message {
-                        Some(key) => {
-                            Some(rules.render_text(rule, key, &ctx).unwrap_or_else(|e| {
-                                format!("(message could not be rendered: {e})")
-                            }))
-                        }
-                        None => None,
-                    };
+                    let message = notify.message.as_ref().map(|key| {
+                        rules
+                            .render_text(rule, key, &ctx)
+                            .unwrap_or_else(|e| format!("(message could not be rendered: {e})"))
+                    });
                     let mut entry = self.new_entry(
                         entry_key,
                         OutboxKind::Notify {

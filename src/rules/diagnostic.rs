@@ -122,7 +122,7 @@ pub fn did_you_mean<'a>(
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
     let word_lower = word.to_lowercase();
-    let limit = (word.chars().count() / 3).max(1).min(3);
+    let limit = (word.chars().count() / 3).clamp(1, 3);
     candidates
         .into_iter()
         .map(|c| (edit_distance(&word_lower, &c.to_lowercase()), c))

@@ -121,11 +121,12 @@ pub fn write_folder(dir: &std::path::Path, rules: &str) -> Config {
         )
         .unwrap();
     }
-    let mut config = Config::default();
-    config.rules_dir = rules_dir;
-    config.templates_dir = templates_dir;
-    config.data_dir = dir.join("data");
-    config
+    Config {
+        rules_dir,
+        templates_dir,
+        data_dir: dir.join("data"),
+        ..Default::default()
+    }
 }
 
 pub fn sim_config() -> SimConfig {
