@@ -1,6 +1,7 @@
 //! One integration-test binary: it links once.
 
 mod cli;
+mod crash;
 mod engine;
 mod provider;
 mod render;
