@@ -161,7 +161,8 @@ mod tests {
     fn suggests_close_names_only() {
         let keys = ["trigger", "actions", "where", "for_each"];
         assert_eq!(did_you_mean("triger", keys), Some("trigger"));
-        assert_eq!(did_you_mean("acciones", keys), None);
+        assert_eq!(did_you_mean("acciones", keys), Some("actions"));
+        assert_eq!(did_you_mean("horario", keys), None);
         assert_eq!(did_you_mean("Actions", keys), Some("actions"));
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }

@@ -189,24 +189,24 @@ fn read_folder(
     for path in paths {
         match read_bounded(&path) {
             Ok(text) => files.push((path, text)),
-            Err(d) => diagnostics.push(d),
+            Err(d) => diagnostics.push(*d),
         }
     }
     files
 }
 
-fn read_bounded(path: &Path) -> Result<String, Diagnostic> {
+fn read_bounded(path: &Path) -> Result<String, Box<Diagnostic>> {
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     if size > MAX_FILE_BYTES {
-        return Err(Diagnostic::error(format!(
+        return Err(Box::new(Diagnostic::error(format!(
             "`{}` is {size} bytes, over the {MAX_FILE_BYTES}-byte limit for a rule or template file",
             path.display()
         ))
         .in_file(path)
-        .hint("split it into several files; each rule file is usually a few kilobytes"));
+        .hint("split it into several files; each rule file is usually a few kilobytes")));
     }
     let bytes = std::fs::read(path).map_err(|e| {
-        Diagnostic::error(format!("cannot read `{}`: {e}", path.display())).in_file(path)
+        Box::new(Diagnostic::error(format!("cannot read `{}`: {e}", path.display())).in_file(path))
     })?;
     String::from_utf8(bytes).map_err(|e| {
         let line = e.as_bytes()[..e.utf8_error().valid_up_to()]
@@ -214,12 +214,14 @@ fn read_bounded(path: &Path) -> Result<String, Diagnostic> {
             .filter(|b| **b == b'\n')
             .count()
             + 1;
-        Diagnostic::error(format!(
-            "`{}` is not UTF-8 text (line {line})",
-            path.display()
-        ))
-        .in_file(path)
-        .hint("save the file as UTF-8")
+        Box::new(
+            Diagnostic::error(format!(
+                "`{}` is not UTF-8 text (line {line})",
+                path.display()
+            ))
+            .in_file(path)
+            .hint("save the file as UTF-8"),
+        )
     })
 }
 
@@ -239,11 +241,13 @@ impl State<'_> {
             Ok(root) => Some(root),
             Err(e) => {
                 let pos = e.pos.unwrap_or(Pos { line: 1, column: 1 });
-                self.diagnostics.push(
-                    Diagnostic::error(format!("invalid YAML: {}", e.message))
-                        .at(location(path, pos))
-                        .hint("check the indentation and quoting around this line; quote text that holds `: `, `{`, `[` or `#`"),
-                );
+                let prefix = if e.syntax { "invalid YAML: " } else { "" };
+                let mut d =
+                    Diagnostic::error(format!("{prefix}{}", e.message)).at(location(path, pos));
+                if e.syntax {
+                    d = d.hint("check the indentation and quoting around this line; quote text that holds `: `, `{`, `[` or `#`");
+                }
+                self.diagnostics.push(d);
                 None
             }
         }
@@ -341,6 +345,14 @@ fn covers(earlier: &ReplyTrigger, later: &ReplyTrigger) -> bool {
     field && text && state
 }
 
+/// How messages name a map: `the rule`, or `` `send` `` for keys written in the file.
+fn place(what: &str) -> String {
+    match what {
+        "rule" | "file" | "template" | "action" => format!("the {what}"),
+        _ => format!("`{what}`"),
+    }
+}
+
 fn location(path: &Path, pos: Pos) -> Location {
     Location {
         file: path.to_path_buf(),
@@ -353,6 +365,8 @@ fn location(path: &Path, pos: Pos) -> Location {
 struct Fields<'n> {
     pos: Pos,
     entries: Vec<(&'n str, &'n Node, &'n Node)>,
+    /// Known keys an unknown key was taken for (`triger` → `trigger`): not reported missing.
+    suggested: Vec<&'static str>,
 }
 
 impl<'n> Fields<'n> {
@@ -434,7 +448,12 @@ impl<'s, 'c> FileWalk<'s, 'c> {
     }
 
     /// `node` as a map whose keys are among `known`; unknown keys get a "did you mean".
-    fn fields<'n>(&mut self, node: &'n Node, what: &str, known: &[&str]) -> Option<Fields<'n>> {
+    fn fields<'n>(
+        &mut self,
+        node: &'n Node,
+        what: &str,
+        known: &[&'static str],
+    ) -> Option<Fields<'n>> {
         let Some(entries) = node.as_map() else {
             self.error(
                 node.pos,
@@ -449,6 +468,7 @@ impl<'s, 'c> FileWalk<'s, 'c> {
         let mut fields = Fields {
             pos: node.pos,
             entries: Vec::new(),
+            suggested: Vec::new(),
         };
         for (key, value) in entries {
             let Some(name) = key.scalar_text() else {
@@ -463,19 +483,26 @@ impl<'s, 'c> FileWalk<'s, 'c> {
                 continue;
             };
             if !known.is_empty() && !known.contains(&name) {
-                let close = suggestion(name, known.iter().copied());
-                let hint = if close.is_empty() {
-                    format!("`{what}` takes: {}", known.join(", "))
-                } else {
-                    close
+                let hint = match did_you_mean(name, known.iter().copied()) {
+                    Some(close) => {
+                        if let Some(k) = known.iter().find(|k| **k == close) {
+                            fields.suggested.push(k);
+                        }
+                        format!("did you mean `{close}`?")
+                    }
+                    None => format!("{} takes: {}", place(what), known.join(", ")),
                 };
-                self.error(key.pos, format!("unknown key `{name}` in `{what}`"), hint);
+                self.error(
+                    key.pos,
+                    format!("unknown key `{name}` in {}", place(what)),
+                    hint,
+                );
                 continue;
             }
             if fields.get(name).is_some() {
                 self.error(
                     key.pos,
-                    format!("`{name}` is written twice in `{what}`"),
+                    format!("`{name}` is written twice in {}", place(what)),
                     "keep one: YAML would silently use the last",
                 );
                 continue;
@@ -493,10 +520,10 @@ impl<'s, 'c> FileWalk<'s, 'c> {
         example: &str,
     ) -> Option<&'n Node> {
         let value = fields.get(key);
-        if value.is_none() {
+        if value.is_none() && !fields.suggested.contains(&key) {
             self.error(
                 fields.pos,
-                format!("`{what}` is missing `{key}`"),
+                format!("{} has no `{key}`", place(what)),
                 format!("add it, e.g. `{key}: {example}`"),
             );
         }
@@ -707,9 +734,11 @@ impl<'s, 'c> FileWalk<'s, 'c> {
                         self.error(
                             node.pos,
                             format!(
-                                "`body` has {} placeholders but `variables` has {} entries",
+                                "`body` has {} placeholder{} but `variables` has {} entr{}",
                                 placeholders.len(),
-                                items.len()
+                                if placeholders.len() == 1 { "" } else { "s" },
+                                items.len(),
+                                if items.len() == 1 { "y" } else { "ies" }
                             ),
                             "give one Handlebars expression per placeholder, in order: the first fills `{1}`",
                         );
@@ -772,6 +801,16 @@ impl<'s, 'c> FileWalk<'s, 'c> {
     }
 
     fn rule(&mut self, node: &Node) {
+        // Name the rule in every message, even those about keys before `name:`.
+        let early_name = node.as_map().and_then(|entries| {
+            entries
+                .iter()
+                .find(|(k, _)| k.scalar_text() == Some("name"))
+                .and_then(|(_, v)| v.scalar_text())
+        });
+        if let Some(name) = early_name {
+            self.subject = format!("rule `{name}`");
+        }
         let Some(fields) = self.fields(node, "rule", RULE_KEYS) else {
             return;
         };
@@ -787,7 +826,16 @@ impl<'s, 'c> FileWalk<'s, 'c> {
                 let fixed: String = name
                     .to_lowercase()
                     .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                    .map(|c| match c {
+                        'á' | 'à' | 'ä' => 'a',
+                        'é' | 'è' | 'ë' => 'e',
+                        'í' | 'ì' | 'ï' => 'i',
+                        'ó' | 'ò' | 'ö' => 'o',
+                        'ú' | 'ù' | 'ü' => 'u',
+                        'ñ' => 'n',
+                        c if c.is_ascii_alphanumeric() => c,
+                        _ => '-',
+                    })
                     .collect();
                 self.error(
                     n.pos,
@@ -1116,7 +1164,8 @@ impl<'s, 'c> FileWalk<'s, 'c> {
                     Err(e) => {
                         ok = false;
                         let detail = e.to_string();
-                        let last = detail.lines().last().unwrap_or("").trim().to_string();
+                        let last = detail.lines().last().unwrap_or("").trim();
+                        let last = last.strip_prefix("error: ").unwrap_or(last).to_string();
                         self.error(
                             n.pos,
                             format!("`reply.text` is not a valid regex: {last}"),

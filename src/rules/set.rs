@@ -7,7 +7,7 @@ use super::load;
 use super::model::*;
 use crate::config::Config;
 use crate::render::{self, RenderError, Renderer};
-use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -22,6 +22,7 @@ pub struct RuleSet {
 }
 
 /// A successful load: the set, and warnings worth showing.
+#[derive(Debug)]
 pub struct Loaded {
     pub set: RuleSet,
     pub warnings: Vec<Diagnostic>,
@@ -396,6 +397,8 @@ impl CronTrigger {
     /// never fires again (or, which the loader prevents, does not parse).
     pub fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
         let cron = load::parse_cron(&self.normalized).ok()?;
+        // Slots are whole seconds; croner would carry a fraction through to the answer.
+        let after = after.with_nanosecond(0).unwrap_or(after);
         cron.find_next_occurrence(&after.with_timezone(&tz), false)
             .ok()
             .map(|t| t.with_timezone(&Utc))

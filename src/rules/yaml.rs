@@ -51,6 +51,8 @@ pub enum NodeKind {
 pub struct YamlError {
     pub message: String,
     pub pos: Option<Pos>,
+    /// A syntax error from the parser (rather than a limit or a second document).
+    pub syntax: bool,
 }
 
 impl Node {
@@ -273,6 +275,7 @@ fn read_events(source: &str) -> Result<Vec<Marked>, YamlError> {
             return Err(YamlError {
                 message: "out of memory starting the YAML parser".into(),
                 pos: None,
+                syntax: false,
             });
         }
         RawParser { sys: sys_parser }
@@ -321,6 +324,7 @@ unsafe fn parse_error(p: *const sys::yaml_parser_t) -> YamlError {
             line: mark.line as usize + 1,
             column: mark.column as usize + 1,
         }),
+        syntax: true,
     }
 }
 
@@ -423,6 +427,7 @@ impl Builder<'_> {
                             "a second YAML document (`---`) in one file: keep one document per file"
                                 .into(),
                         pos: Some(m.pos),
+                        syntax: false,
                     })
                 }
             }
@@ -438,6 +443,7 @@ impl Builder<'_> {
                     "the document expands to more than {MAX_NODES} values (aliases `*name` repeat what they point at): write it out plainly"
                 ),
                 pos: Some(pos),
+                syntax: false,
             });
         }
         Ok(())
@@ -448,6 +454,7 @@ impl Builder<'_> {
             return Err(YamlError {
                 message: "unexpected end of the document".into(),
                 pos: None,
+                syntax: false,
             });
         };
         self.next += 1;
@@ -455,6 +462,7 @@ impl Builder<'_> {
             return Err(YamlError {
                 message: format!("nesting deeper than {MAX_DEPTH} levels: flatten the file"),
                 pos: Some(m.pos),
+                syntax: false,
             });
         }
         let (anchor, node) = match &m.event {
@@ -484,6 +492,7 @@ impl Builder<'_> {
                             String::from_utf8_lossy(name)
                         ),
                         pos: Some(m.pos),
+                        syntax: false,
                     });
                 };
                 self.count(size(&target), m.pos)?;
@@ -541,6 +550,7 @@ impl Builder<'_> {
                 return Err(YamlError {
                     message: format!("unexpected YAML event {other:?}"),
                     pos: Some(m.pos),
+                    syntax: false,
                 })
             }
         };
