@@ -95,7 +95,7 @@ async fn sigkill_mid_dispatch_sends_nothing_twice_and_loses_nothing() {
             }
         });
         for status in futures::future::join_all(puts).await {
-            if status == Ok(201) {
+            if matches!(status, Ok(201)) {
                 acknowledged += 1;
             }
         }
