@@ -1,6 +1,7 @@
 //! One integration-test binary: it links once.
 
 mod cli;
+mod deploy;
 mod provider;
 mod render;
 mod rules;
