@@ -2,6 +2,7 @@
 
 mod cli;
 mod crash;
+mod deploy;
 mod engine;
 mod provider;
 mod render;
