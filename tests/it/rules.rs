@@ -83,10 +83,10 @@ fn diagnostics_point_at_line_and_column() {
         out.contains("error: rule `confirma`: template `991` has 3 placeholders but the rule gives 2 variables\n  --> tests/diagnostics/cases/14-variable-count/rules/a.yaml:8:13"),
         "{out}"
     );
-    // The unknown helper `{{horas` starts at column 89 of line 13.
+    // The unknown helper's name `horas` (after `{{`) starts at column 91 of line 13.
     let out = diagnostics(&cases.join("15-handlebars/rules"), shared);
     assert!(
-        out.contains("unknown helper `horas`\n  --> tests/diagnostics/cases/15-handlebars/rules/a.yaml:13:89"),
+        out.contains("unknown helper `horas`: did you mean `hora`?\n  --> tests/diagnostics/cases/15-handlebars/rules/a.yaml:13:91"),
         "{out}"
     );
     let out = diagnostics(&cases.join("05-duplicate-names/rules"), shared);
