@@ -235,10 +235,17 @@ fn write_actions(
                 for line in rendered.text.lines() {
                     let _ = writeln!(out, "   | {line}");
                 }
+                // The number exactly as it would be posted: normalized, or why it would be refused.
+                let normalized = |raw: &str| match crate::provider::Mobile::parse(raw) {
+                    Ok(m) => m.as_str().to_string(),
+                    Err(e) => format!("(refused before any call: {e})"),
+                };
                 let to = match &rendered.to {
-                    Some(to) => to.clone(),
+                    Some(to) => normalized(to),
                     None => match mobile {
-                        Value::String(s) => format!("{s}  (the appointment's mobile)"),
+                        Value::String(s) => {
+                            format!("{}  (the appointment's mobile)", normalized(s))
+                        }
                         Value::Null => "(none: the appointment has no `mobile`)".into(),
                         other => other.to_string(),
                     },

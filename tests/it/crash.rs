@@ -52,11 +52,16 @@ async fn messages(http: &reqwest::Client, base: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_dispatch_sends_nothing_twice_and_loses_nothing() {
-    let n: usize = std::env::var("RECUERDA_CRASH_SENDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let n: usize = std::env::var("RECUERDA_CRASH_SENDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     let dir = tempfile::tempdir().unwrap();
     let mut sim_cfg = sim_config();
     sim_cfg.accounts[0].balance = 1_000_000;
-    let sim = Simulator::start(sim_cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let sim = Simulator::start(sim_cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     write_folder(dir.path(), RULES);
     let port = free_port();
     let secret = "s".repeat(12) + &uuid::Uuid::new_v4().simple().to_string();
@@ -72,7 +77,8 @@ async fn sigkill_mid_dispatch_sends_nothing_twice_and_loses_nothing() {
     )
     .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    sim.set_webhook_url(Some(format!("{base}/webhook/{secret}"))).unwrap();
+    sim.set_webhook_url(Some(format!("{base}/webhook/{secret}")))
+        .unwrap();
     let http = reqwest::Client::new();
 
     let mut child = spawn_serve(&config_path);
@@ -100,7 +106,10 @@ async fn sigkill_mid_dispatch_sends_nothing_twice_and_loses_nothing() {
             }
         }
     }
-    assert_eq!(acknowledged, n, "every booking acknowledged before the kill");
+    assert_eq!(
+        acknowledged, n,
+        "every booking acknowledged before the kill"
+    );
     // Kill mid-dispatch.
     let kill_after = n / 3;
     for _ in 0..2000 {
@@ -112,18 +121,28 @@ async fn sigkill_mid_dispatch_sends_nothing_twice_and_loses_nothing() {
     child.kill().expect("SIGKILL");
     let _ = child.wait();
     let sent_before_restart = sim.sends().len();
-    assert!(sent_before_restart < n, "the kill happened mid-way ({sent_before_restart} of {n} sent)");
+    assert!(
+        sent_before_restart < n,
+        "the kill happened mid-way ({sent_before_restart} of {n} sent)"
+    );
 
     let mut child = spawn_serve(&config_path);
     wait_healthy(&http, &base).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let list = loop {
         let list = messages(&http, &base).await;
-        let pending = list.iter().filter(|m| matches!(m["status"].as_str(), Some("queued" | "sending"))).count();
+        let pending = list
+            .iter()
+            .filter(|m| matches!(m["status"].as_str(), Some("queued" | "sending")))
+            .count();
         if list.len() == n && pending == 0 {
             break list;
         }
-        assert!(tokio::time::Instant::now() < deadline, "not settled: {} messages, {pending} pending", list.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: {} messages, {pending} pending",
+            list.len()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let _ = child.kill();
@@ -131,9 +150,14 @@ async fn sigkill_mid_dispatch_sends_nothing_twice_and_loses_nothing() {
 
     let mut sends_per_conversation: BTreeMap<String, usize> = BTreeMap::new();
     for s in sim.sends() {
-        *sends_per_conversation.entry(s.custom_field.clone().unwrap_or_default()).or_default() += 1;
+        *sends_per_conversation
+            .entry(s.custom_field.clone().unwrap_or_default())
+            .or_default() += 1;
     }
-    let doubled: Vec<_> = sends_per_conversation.iter().filter(|(_, c)| **c > 1).collect();
+    let doubled: Vec<_> = sends_per_conversation
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .collect();
     assert!(doubled.is_empty(), "sent twice: {doubled:?}");
     let mut unknown = 0;
     for m in &list {
@@ -141,7 +165,11 @@ async fn sigkill_mid_dispatch_sends_nothing_twice_and_loses_nothing() {
         let sent = sends_per_conversation.get(cf).copied().unwrap_or(0);
         match m["status"].as_str().unwrap() {
             "unknown" => unknown += 1,
-            "sent" | "delivered" | "read" => assert_eq!(sent, 1, "{cf} is {} but reached the provider {sent} times", m["status"]),
+            "sent" | "delivered" | "read" => assert_eq!(
+                sent, 1,
+                "{cf} is {} but reached the provider {sent} times",
+                m["status"]
+            ),
             other => panic!("{cf} ended `{other}`: {m}"),
         }
     }

@@ -29,12 +29,26 @@ fn demo_runs_the_whole_loop_and_summarizes() {
         .map(|v| v.parse().unwrap())
         .collect();
     let total = |column: &str| totals[header.iter().position(|h| *h == column).unwrap() - 1];
-    for column in ["sent", "delivered", "read", "replied", "confirmed", "cancelled", "failed"] {
+    for column in [
+        "sent",
+        "delivered",
+        "read",
+        "replied",
+        "confirmed",
+        "cancelled",
+        "failed",
+    ] {
         assert!(total(column) > 0, "no `{column}` in the demo:\n{stdout}");
     }
     assert!(stdout.contains("opted out: 1 "), "{stdout}");
-    assert!(stdout.contains("→ sent"), "live lines are printed:\n{stdout}");
+    assert!(
+        stdout.contains("→ sent"),
+        "live lines are printed:\n{stdout}"
+    );
     // The demo's logs show no secret and no full mobile.
     assert!(!stderr.contains("demo-token-not-a-secret"), "{stderr}");
-    assert!(!stdout.contains("573005550101"), "mobiles are masked:\n{stdout}");
+    assert!(
+        !stdout.contains("573005550101"),
+        "mobiles are masked:\n{stdout}"
+    );
 }
