@@ -466,7 +466,7 @@ fn preview_prints_the_final_text_and_form_fields() {
     );
     assert!(stdout.contains("   | Hola *Carlos"), "{stdout}");
     assert!(
-        stdout.contains("le recordamos su cita con *Dra. Gómez* el *"),
+        stdout.contains("le recordamos su cita con *Dra. Gómez* el *jueves 26 de noviembre* a las *3:30 p. m.*."),
         "{stdout}"
     );
     assert!(
@@ -476,7 +476,7 @@ fn preview_prints_the_final_text_and_form_fields() {
     assert!(stdout.contains("token               ***"), "{stdout}");
     assert!(stdout.contains("id_template         990"), "{stdout}");
     assert!(
-        stdout.contains("mobile              +57 310 233 4455"),
+        stdout.contains("mobile              573102334455  (the appointment's mobile)"),
         "{stdout}"
     );
     assert!(stdout.contains("template_variables  [Carlos"), "{stdout}");
