@@ -121,6 +121,26 @@ pub fn ensure_webhook_secret(config: &mut Config) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The process-wide Prometheus recorder behind the `metrics` macros (send results by rule,
+/// dispatch latency), installed on first use; `None` if another recorder was installed first.
+pub fn prometheus() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ])
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .as_ref()
+}
+
 /// Opens the store, builds the engine, starts its tasks and the HTTP server on `listen`.
 pub async fn start(
     config: Config,
@@ -132,6 +152,7 @@ pub async fn start(
         path: config.data_dir.display().to_string(),
         source,
     })?;
+    let _ = prometheus();
     let store = Store::open(&config.data_dir)?;
     let provider = Client::new(&config.provider)?;
     let config = Arc::new(config);

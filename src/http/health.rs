@@ -158,5 +158,8 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let _ = writeln!(out, "# HELP recuerda_rules_reload_ok Whether the last rules reload succeeded.\n# TYPE recuerda_rules_reload_ok gauge\nrecuerda_rules_reload_ok {}", u8::from(reload_ok));
     let running = matches!(e.dispatch_state(), DispatchState::Running);
     let _ = writeln!(out, "# HELP recuerda_dispatcher_running Whether the dispatcher sends.\n# TYPE recuerda_dispatcher_running gauge\nrecuerda_dispatcher_running {}", u8::from(running));
+    if let Some(handle) = crate::app::prometheus() {
+        out.push_str(&handle.render());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

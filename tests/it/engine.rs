@@ -277,6 +277,38 @@ async fn send_then_sent_delivered_read_and_replays_change_nothing() {
         .map(|c| c["status"].as_str().unwrap())
         .collect();
     assert_eq!(applied, ["queued", "sending", "sent", "delivered", "read"]);
+
+    // The metrics say what happened: one send, its events and the replayed ones, no dead letter.
+    let metrics = t
+        .http
+        .get(t.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |line_start: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no `{line_start}` in:\n{metrics}"))
+    };
+    assert_eq!(value("recuerda_sends_result_total{result=\"sent\"}"), 1.0);
+    assert_eq!(value("recuerda_sends_result_total{result=\"failed\"}"), 0.0);
+    assert_eq!(
+        value("recuerda_status_events_total"),
+        7.0,
+        "3 from the simulator + 4 replayed"
+    );
+    assert_eq!(value("recuerda_dead_letters_total"), 0.0);
+    assert_eq!(value("recuerda_outbox_depth"), 0.0);
+    assert!(
+        metrics.contains("recuerda_dispatch_seconds"),
+        "latency histogram:\n{metrics}"
+    );
     t.shutdown().await;
 }
 
