@@ -158,8 +158,11 @@ impl Engine {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&key);
-                    drop(permit);
                     engine.dispatch_wake.notify_one();
+                    // The engine (and so the store) is released before the permit: once the
+                    // dispatcher holds every permit at shutdown, no task holds the store.
+                    drop(engine);
+                    drop(permit);
                 });
             }
         }

@@ -85,6 +85,8 @@ pub struct EngineInner {
     schedule_wake: Notify,
     dispatch_state: Mutex<DispatchState>,
     last_balance: Mutex<Option<i64>>,
+    /// The `now` of the scheduler's last completed tick.
+    scheduled_through: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -142,6 +144,7 @@ impl Engine {
                 schedule_wake: Notify::new(),
                 dispatch_state: Mutex::new(DispatchState::Running),
                 last_balance: Mutex::new(None),
+                scheduled_through: Mutex::new(None),
                 shutdown,
             }),
             tasks: Arc::new(Mutex::new(Vec::new())),
@@ -240,6 +243,14 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Everything due up to this time has been fired (the scheduler's last completed tick).
+    pub fn scheduled_through(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        *self
+            .scheduled_through
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn last_balance(&self) -> Option<i64> {

@@ -141,6 +141,10 @@ impl Engine {
     /// Fires every due entry and cron slot at or before now. Returns how many fired.
     pub async fn tick(&self) -> Result<usize, EngineError> {
         let now = self.clock.now();
+        self.tick_at(now).await
+    }
+
+    async fn tick_at(&self, now: DateTime<Utc>) -> Result<usize, EngineError> {
         let mut fired = 0;
         loop {
             let due = self.store.due_until(now, 512)?;
@@ -155,7 +159,18 @@ impl Engine {
         }
         fired += self.fire_cron_slots(now)?;
         self.store.durable().await?;
+        self.mark_scheduled_through(now);
         Ok(fired)
+    }
+
+    fn mark_scheduled_through(&self, t: DateTime<Utc>) {
+        let mut through = self
+            .scheduled_through
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if through.is_none_or(|old| old < t) {
+            *through = Some(t);
+        }
     }
 
     fn fire_due(&self, entry: &DueEntry, now: DateTime<Utc>) -> Result<(), EngineError> {
@@ -348,13 +363,22 @@ impl Engine {
     pub(crate) async fn run_scheduler(&self) {
         let mut shutdown = self.shutdown_signal();
         loop {
-            if let Err(e) = self.tick().await {
+            let ticked_at = self.clock.now();
+            if let Err(e) = self.tick_at(ticked_at).await {
                 tracing::error!(error = %e, "scheduler tick failed; retrying shortly");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
             if *shutdown.borrow() {
                 return;
             }
-            let wake_at = self.next_wake(self.clock.now());
+            // What is due next, counted from the tick (the clock may have moved during it).
+            let wake_at = self.next_wake(ticked_at);
+            let current = self.clock.now();
+            if wake_at <= current {
+                continue;
+            }
+            // Nothing falls due before `wake_at`, so everything up to now is handled.
+            self.mark_scheduled_through(current);
             tokio::select! {
                 _ = self.clock.sleep_until(wake_at) => {}
                 _ = self.schedule_wake.notified() => {}

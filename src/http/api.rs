@@ -85,29 +85,43 @@ async fn put_appointment(
 /// `POST /api/v1/appointments/batch`: `{"appointments": [{"id": …, …}, …], "dry_run": false}`.
 /// All rows are validated first; if any is invalid nothing is stored and the answer (422)
 /// lists every bad row by index. Valid batches are stored and made durable once.
-async fn batch_appointments(State(state): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn batch_appointments(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
     let rows = value
         .get("appointments")
         .and_then(Value::as_array)
         .ok_or_else(|| ApiError::BadRequest("expected `{\"appointments\": [ … ]}`".into()))?;
-    let dry_run = value.get("dry_run").and_then(Value::as_bool).unwrap_or(false);
+    let dry_run = value
+        .get("dry_run")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let engine = &state.engine;
     let now = engine.clock.now();
     let mut problems = Vec::new();
     for (index, row) in rows.iter().enumerate() {
         let id = row.get("id").and_then(Value::as_str).unwrap_or_default();
         let existing = engine.store.get_appointment(id)?;
-        if let Err(errors) = crate::appointment::Appointment::from_json(id, row, now, existing.as_ref()) {
+        if let Err(errors) =
+            crate::appointment::Appointment::from_json(id, row, now, existing.as_ref())
+        {
             problems.push(json!({"index": index, "id": id, "errors": errors}));
         }
     }
     if !problems.is_empty() {
-        return Ok((StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"stored": 0, "invalid": problems}))));
+        return Ok((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"stored": 0, "invalid": problems})),
+        ));
     }
     if dry_run {
-        return Ok((StatusCode::OK, Json(json!({"stored": 0, "valid": rows.len(), "dry_run": true}))));
+        return Ok((
+            StatusCode::OK,
+            Json(json!({"stored": 0, "valid": rows.len(), "dry_run": true})),
+        ));
     }
     let (mut created, mut updated) = (0, 0);
     for row in rows {
@@ -120,7 +134,10 @@ async fn batch_appointments(State(state): State<AppState>, body: Bytes) -> Resul
         }
     }
     engine.store.durable().await?;
-    Ok((StatusCode::OK, Json(json!({"stored": created + updated, "created": created, "updated": updated}))))
+    Ok((
+        StatusCode::OK,
+        Json(json!({"stored": created + updated, "created": created, "updated": updated})),
+    ))
 }
 
 async fn get_appointment(

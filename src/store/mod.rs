@@ -203,7 +203,9 @@ impl Store {
             flush_tx,
             write_failing: AtomicBool::new(false),
         });
-        tokio::spawn(flusher(db, flush_rx, Arc::downgrade(&inner)));
+        // The flusher holds the store weakly, so dropping the last `Store` closes sled (and
+        // releases its lock) at once, not whenever the flusher task next runs.
+        tokio::spawn(flusher(flush_rx, Arc::downgrade(&inner)));
         Ok(Store { inner })
     }
 
@@ -680,7 +682,6 @@ impl Store {
 }
 
 async fn flusher(
-    db: sled::Db,
     mut rx: mpsc::UnboundedReceiver<oneshot::Sender<std::result::Result<(), String>>>,
     inner: std::sync::Weak<Inner>,
 ) {
@@ -690,16 +691,21 @@ async fn flusher(
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
-        let result = db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string());
-        if let Some(inner) = inner.upgrade() {
-            inner
-                .write_failing
-                .store(result.is_err(), Ordering::Relaxed);
-        }
+        let result = match inner.upgrade() {
+            Some(inner) => {
+                let result = inner
+                    .db
+                    .flush_async()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                inner
+                    .write_failing
+                    .store(result.is_err(), Ordering::Relaxed);
+                result
+            }
+            None => Err("the store is closed".to_string()),
+        };
         for w in waiters {
             let _ = w.send(result.clone());
         }

@@ -2,7 +2,7 @@
 //! sled folder, real HTTP both ways.
 
 use recuerda::app::{self, Running};
-use recuerda::clock::SystemClock;
+use recuerda::clock::{SharedClock, SystemClock};
 use recuerda::config::Config;
 use recuerda::secret::Secret;
 use recuerda::simulator::{
@@ -26,6 +26,18 @@ pub const TEMPLATES: &[(u32, &str, &str, &[&str])] = &[
     ),
     (991, "Confirmada", "{1}, su cita quedó confirmada. ¡Gracias!", &["{{primer_nombre appointment.paciente}}"]),
     (992, "Cancelada", "{1}, su cita fue cancelada.", &["{{primer_nombre appointment.paciente}}"]),
+    (
+        993,
+        "Recordatorio 2h",
+        "{1}, su cita es hoy a las {2}.",
+        &["{{primer_nombre appointment.paciente}}", "{{hora appointment.start}}"],
+    ),
+    (
+        994,
+        "Segundo recordatorio",
+        "{1}, ¿nos confirma su cita del {2}?",
+        &["{{primer_nombre appointment.paciente}}", "{{fecha appointment.start}}"],
+    ),
     (996, "Ayuda", "No entendimos \"{1}\". Responda 1 para confirmar o 2 para cancelar.", &["{{reply.message}}"]),
 ];
 
@@ -63,6 +75,8 @@ pub struct TestApp {
     /// Holds the store's folder for the test's lifetime.
     pub _dir: tempfile::TempDir,
     pub http: reqwest::Client,
+    pub config: Config,
+    pub clock: SharedClock,
 }
 
 impl TestApp {
@@ -160,6 +174,16 @@ pub fn sim_config() -> SimConfig {
 }
 
 pub async fn spawn_app(rules: &str, sim: SimConfig, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_with_clock(rules, sim, Arc::new(SystemClock), tweak).await
+}
+
+/// The engine on `clock` (a `ManualClock` drives days in milliseconds).
+pub async fn spawn_app_with_clock(
+    rules: &str,
+    sim: SimConfig,
+    clock: SharedClock,
+    tweak: impl FnOnce(&mut Config),
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let sim = Simulator::start(sim, "127.0.0.1:0".parse().unwrap())
         .await
@@ -175,21 +199,39 @@ pub async fn spawn_app(rules: &str, sim: SimConfig, tweak: impl FnOnce(&mut Conf
     config.webhook.secret = Some(Secret::generate(48));
     config.api.token = Some(Secret::new(API_TOKEN));
     tweak(&mut config);
-    let rules = app::load_rules(&config).expect("test rules load");
-    let running = app::start(
-        config,
-        rules,
-        Arc::new(SystemClock),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .expect("engine starts");
-    sim.set_webhook_url(running.webhook_url()).unwrap();
-    TestApp {
+    let mut t = TestApp {
         sim,
-        app: Some(running),
+        app: None,
         _dir: dir,
         http: reqwest::Client::new(),
+        config,
+        clock,
+    };
+    t.start_engine().await;
+    t
+}
+
+impl TestApp {
+    /// Starts the engine on the test's store folder (again, after `stop_engine`).
+    pub async fn start_engine(&mut self) {
+        let rules = app::load_rules(&self.config).expect("test rules load");
+        let running = app::start(
+            self.config.clone(),
+            rules,
+            self.clock.clone(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .expect("engine starts");
+        self.sim.set_webhook_url(running.webhook_url()).unwrap();
+        self.app = Some(running);
+    }
+
+    /// Stops the engine cleanly, keeping its store folder and the simulator.
+    pub async fn stop_engine(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
     }
 }
 

@@ -8,4 +8,5 @@ mod engine;
 mod provider;
 mod render;
 mod rules;
+mod schedule;
 mod simulator;
