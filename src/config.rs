@@ -131,6 +131,9 @@ impl Default for OptOutConfig {
 pub struct ScheduleConfig {
     /// Default grace for catching up cron slots and due entries missed while down.
     pub catch_up: Duration,
+    /// How often the rules and templates folders are compared with what is loaded, besides
+    /// file-system events (which bind mounts may not deliver).
+    pub reload_poll: Duration,
 }
 
 // ---- raw file shape -------------------------------------------------------------------
@@ -206,6 +209,7 @@ struct RawOptOut {
 #[serde(deny_unknown_fields)]
 struct RawSchedule {
     catch_up: Option<String>,
+    reload_poll: Option<String>,
 }
 
 /// Where secrets come from besides the file; tests pass their own map instead of the process env.
@@ -423,6 +427,11 @@ impl Config {
                 "schedule.catch_up",
                 raw.schedule.catch_up,
                 Duration::from_secs(6 * 3600),
+            )?,
+            reload_poll: dur(
+                "schedule.reload_poll",
+                raw.schedule.reload_poll,
+                Duration::from_secs(5),
             )?,
         };
         Ok(Config {

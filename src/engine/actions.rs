@@ -68,6 +68,23 @@ impl Engine {
         Value::Object(ctx)
     }
 
+    /// Records that `occasion` of `rule` fired with `outcome` (once), and keeps it as the rule's
+    /// last deed for the API.
+    pub(crate) fn record_fired(
+        &self,
+        rule: &str,
+        occasion: &str,
+        outcome: String,
+        now: DateTime<Utc>,
+    ) -> Result<bool, EngineError> {
+        let fired = Fired { at: now, outcome };
+        let first = self.store.mark_fired(occasion, &fired)?;
+        if first {
+            self.store.set_rule_last(rule, occasion, &fired)?;
+        }
+        Ok(first)
+    }
+
     /// Runs `rule`'s actions for `occ` once: a second call with the same occasion key does
     /// nothing.
     pub(crate) fn run_actions(
@@ -82,12 +99,11 @@ impl Engine {
         let rules = self.rules();
         let ctx = self.context(occ, None, now);
         if !rule.conditions_hold(&ctx) {
-            self.store.mark_fired(
+            self.record_fired(
+                &rule.name,
                 &occ.key,
-                &Fired {
-                    at: now,
-                    outcome: "skipped: `where` conditions not met".into(),
-                },
+                "skipped: `where` conditions not met".into(),
+                now,
             )?;
             return Ok(Ran::ConditionsNotMet);
         }
@@ -210,12 +226,11 @@ impl Engine {
                 }
             }
         }
-        self.store.mark_fired(
+        self.record_fired(
+            &rule.name,
             &occ.key,
-            &Fired {
-                at: now,
-                outcome: format!("ran {} actions", rule.actions.len()),
-            },
+            format!("ran {} actions", rule.actions.len()),
+            now,
         )?;
         if queued > 0 {
             self.dispatch_wake.notify_one();

@@ -8,6 +8,7 @@
 mod actions;
 mod dispatch;
 mod react;
+mod reload;
 mod schedule;
 
 pub use dispatch::DispatchState;
@@ -163,6 +164,8 @@ impl Engine {
         tasks.push(tokio::spawn(async move { e.run_dispatcher().await }));
         let e = self.clone();
         tasks.push(tokio::spawn(async move { e.run_scheduler().await }));
+        let e = self.clone();
+        tasks.push(tokio::spawn(async move { e.run_watcher().await }));
         Ok(())
     }
 

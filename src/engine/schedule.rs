@@ -7,7 +7,7 @@ use super::{Engine, EngineError};
 use crate::appointment::{Appointment, AppointmentStatus};
 use crate::message::OutboxEntry;
 use crate::rules::{LatePolicy, Rule, Trigger};
-use crate::store::{DueEntry, Fired};
+use crate::store::DueEntry;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
@@ -53,15 +53,14 @@ impl Engine {
                         self.fire_reminder(rule, appt, now)?;
                     }
                     _ => {
-                        self.store.mark_fired(
+                        self.record_fired(
+                            &rule.name,
                             &occasion,
-                            &Fired {
-                                at: now,
-                                outcome: format!(
-                                    "late-skipped: booked after the reminder time ({})",
-                                    due_at.to_rfc3339()
-                                ),
-                            },
+                            format!(
+                                "late-skipped: booked after the reminder time ({})",
+                                due_at.to_rfc3339()
+                            ),
+                            now,
                         )?;
                     }
                 }
@@ -198,15 +197,14 @@ impl Engine {
                 }
                 let occasion = reminder_occasion(&rule.name, &appt.id, appt.start_utc());
                 if late_by > grace {
-                    self.store.mark_fired(
+                    self.record_fired(
+                        &rule.name,
                         &occasion,
-                        &Fired {
-                            at: now,
-                            outcome: format!(
-                                "missed: due {} while the engine was down, past the catch-up grace",
-                                entry.due_at.to_rfc3339()
-                            ),
-                        },
+                        format!(
+                            "missed: due {} while the engine was down, past the catch-up grace",
+                            entry.due_at.to_rfc3339()
+                        ),
+                        now,
                     )?;
                     tracing::warn!(rule = %rule.name, appointment = %appt.id, "reminder missed while down (past catch-up grace)");
                     return Ok(());
@@ -289,12 +287,11 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> Result<(), EngineError> {
         tracing::warn!(rule = %rule, slot = %slot.to_rfc3339(), "cron slot missed while the engine was down");
-        self.store.mark_fired(
+        self.record_fired(
+            rule,
             &format!("cron:{rule}:{}", slot.to_rfc3339()),
-            &Fired {
-                at: now,
-                outcome: "missed: the engine was down past the catch-up grace".into(),
-            },
+            "missed: the engine was down past the catch-up grace".into(),
+            now,
         )?;
         Ok(())
     }
@@ -321,12 +318,11 @@ impl Engine {
                         ran += 1;
                     }
                 }
-                self.store.mark_fired(
+                self.record_fired(
+                    &rule.name,
                     &format!("cron:{}:{}", rule.name, slot.to_rfc3339()),
-                    &Fired {
-                        at: now,
-                        outcome: format!("ran for {ran} appointments"),
-                    },
+                    format!("ran for {ran} appointments"),
+                    now,
                 )?;
             }
             None => {
@@ -401,6 +397,68 @@ impl Engine {
                 "rule `{name}` is not a cron rule: only cron rules can be run by hand"
             ))),
         }
+    }
+
+    /// What running a cron rule now would send, rendered, without sending or recording
+    /// anything: one item per selected appointment (or one for a plain cron rule).
+    pub fn dry_run(&self, name: &str) -> Result<Vec<serde_json::Value>, EngineError> {
+        let rules = self.rules();
+        let rule = rules
+            .rule(name)
+            .ok_or_else(|| EngineError::Invalid(format!("no rule named `{name}`")))?;
+        let now = self.clock.now();
+        if !matches!(rule.trigger, Trigger::Cron(_)) {
+            return Err(EngineError::Invalid(format!(
+                "rule `{name}` is not a cron rule: dry runs are for cron rules (use `recuerda preview` for the others)"
+            )));
+        }
+        let appointments = match &rule.for_each {
+            Some(for_each) => {
+                let (from, to) = for_each.starts.window(now, rule.timezone);
+                self.store
+                    .appointments_starting(from, to)?
+                    .into_iter()
+                    .filter(|a| {
+                        for_each.status.is_empty()
+                            || for_each.status.iter().any(|s| s == a.status.as_str())
+                    })
+                    .map(Some)
+                    .collect()
+            }
+            None => vec![None],
+        };
+        let mut out = Vec::new();
+        for appt in appointments {
+            let occasion = match &appt {
+                Some(a) => reminder_occasion(&rule.name, &a.id, a.start_utc()),
+                None => format!("cron:{}:{}", rule.name, now.to_rfc3339()),
+            };
+            let occ = Occasion {
+                key: occasion.clone(),
+                appointment: appt.clone(),
+                reminder: appt.is_some(),
+                ..Default::default()
+            };
+            let ctx = self.context(&occ, None, now);
+            let already = self.store.fired(&occasion)?.map(|f| f.outcome);
+            let mut sends = Vec::new();
+            for action in &rule.actions {
+                if let crate::rules::Action::Send(send) = action {
+                    sends.push(match rules.render_send(rule, send, &ctx) {
+                        Ok(r) => json!({"template": r.template_id, "to": r.to.or_else(|| appt.as_ref().map(|a| a.mobile.clone())), "text": r.text, "variables": r.variables, "custom_field": r.custom_field}),
+                        Err(e) => json!({"template": send.template_id, "error": e.to_string()}),
+                    });
+                }
+            }
+            out.push(json!({
+                "appointment": appt.as_ref().map(|a| a.id.clone()),
+                "occasion": occasion,
+                "conditions_hold": rule.conditions_hold(&ctx),
+                "already_fired": already,
+                "sends": sends,
+            }));
+        }
+        Ok(out)
     }
 
     /// Stores an appointment from the API or an import and reacts to the change.

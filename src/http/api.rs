@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         )
         .route("/api/v1/replies", get(list_replies))
         .route("/api/v1/dead-letters", get(dead_letters))
+        .route("/api/v1/missed", get(missed))
         .route("/api/v1/rules", get(list_rules))
         .route("/api/v1/rules/reload", post(reload_rules))
         .route("/api/v1/rules/{name}/run", post(run_rule))
@@ -309,6 +310,18 @@ async fn dead_letters(State(state): State<AppState>) -> Result<Json<Value>, ApiE
     Ok(Json(json!({"dead_letters": letters})))
 }
 
+/// Occasions missed while the engine was down (past the catch-up grace).
+async fn missed(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let mut out = Vec::new();
+    for item in state.engine.store.fired_all() {
+        let (occasion, fired) = item?;
+        if fired.outcome.starts_with("missed") {
+            out.push(json!({"occasion": occasion, "at": fired.at, "outcome": fired.outcome}));
+        }
+    }
+    Ok(Json(json!({"missed": out})))
+}
+
 async fn list_rules(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let rules = state.engine.rules();
     let now = state.engine.clock.now();
@@ -328,6 +341,7 @@ async fn list_rules(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
                 "enabled": r.enabled,
                 "trigger": trigger_word(&r.trigger),
                 "next_fire": next,
+                "last": state.engine.store.rule_last(&r.name).ok().flatten(),
                 "source": format!("{}:{}", r.source.file.display(), r.source.line),
             })
         })
@@ -357,10 +371,22 @@ async fn reload_rules(State(state): State<AppState>) -> Result<Json<Value>, ApiE
     }
 }
 
+#[derive(Deserialize)]
+struct RunQuery {
+    dry_run: Option<bool>,
+}
+
 async fn run_rule(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Query(q): Query<RunQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    if q.dry_run == Some(true) {
+        let would = state.engine.dry_run(&name)?;
+        return Ok(Json(
+            json!({"rule": name, "dry_run": true, "would_send": would}),
+        ));
+    }
     let ran = state.engine.run_rule_now(&name)?;
     state.engine.store.durable().await?;
     Ok(Json(json!({"rule": name, "occasions": ran})))

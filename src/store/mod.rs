@@ -449,6 +449,34 @@ impl Store {
         }
     }
 
+    /// Every occasion record, in key order.
+    pub fn fired_all(&self) -> impl Iterator<Item = Result<(String, Fired)>> + '_ {
+        self.inner.fired.iter().map(|item| {
+            let (k, v) = item?;
+            Ok((
+                String::from_utf8_lossy(&k).into_owned(),
+                decode("fired", &k, &v)?,
+            ))
+        })
+    }
+
+    /// What a rule did last (its latest occasion and outcome).
+    pub fn set_rule_last(&self, rule: &str, occasion: &str, fired: &Fired) -> Result<()> {
+        let value =
+            serde_json::json!({"occasion": occasion, "at": fired.at, "outcome": fired.outcome});
+        self.inner
+            .meta
+            .insert(format!("last/{rule}"), to_vec(&value))?;
+        Ok(())
+    }
+
+    pub fn rule_last(&self, rule: &str) -> Result<Option<serde_json::Value>> {
+        match self.inner.meta.get(format!("last/{rule}"))? {
+            Some(v) => Ok(Some(decode("meta", rule.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Every occasion record whose key starts with `prefix`.
     pub fn fired_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Fired)>> {
         let mut out = Vec::new();

@@ -546,3 +546,84 @@ async fn wrong_webhook_secret_is_404_and_malformed_body_is_400_and_kept() {
     assert_eq!(unauthorized.status(), 401);
     t.shutdown().await;
 }
+
+#[tokio::test]
+async fn hot_reload_keeps_the_last_good_rules_and_health_names_the_broken_line() {
+    let t = spawn_app(RULES, sim_config(), |c| {
+        c.schedule.reload_poll = Duration::from_millis(50)
+    })
+    .await;
+    let rules_file = t.config.rules_dir.join("reglas.yaml");
+    t.put_appointment("H1", appointment("573001110050")).await;
+    eventually("first booking confirmed", || async {
+        (t.sim.sends().len() == 1).then_some(())
+    })
+    .await;
+
+    // A broken edit: a bad cron on line 4.
+    let broken = RULES.replacen(
+        "    trigger: {appointment: created}",
+        "    trigger: {cron: \"0 25 * * *\"}",
+        1,
+    );
+    assert!(broken.lines().nth(3).unwrap().contains("cron"));
+    std::fs::write(&rules_file, &broken).unwrap();
+    let health = eventually("health shows the reload error", || async {
+        let h: Value = t
+            .http
+            .get(t.url("/healthz"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        h["rules"]["last_reload_error"].is_string().then_some(h)
+    })
+    .await;
+    let error = health["rules"]["last_reload_error"].as_str().unwrap();
+    assert!(
+        error.contains("reglas.yaml:4:"),
+        "names the file and line: {error}"
+    );
+    // The previous rules keep firing.
+    t.put_appointment("H2", appointment("573001110051")).await;
+    eventually("second booking confirmed by the old rules", || async {
+        t.sim
+            .sends()
+            .iter()
+            .any(|s| s.mobile == "573001110051" && s.template_id == 990)
+            .then_some(())
+    })
+    .await;
+
+    // A valid edit takes effect without a restart.
+    std::fs::write(
+        &rules_file,
+        RULES.replacen("template: 990", "template: 991", 1),
+    )
+    .unwrap();
+    eventually("the fix is loaded", || async {
+        let h: Value = t
+            .http
+            .get(t.url("/healthz"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        h["rules"]["last_reload_error"].is_null().then_some(())
+    })
+    .await;
+    t.put_appointment("H3", appointment("573001110052")).await;
+    eventually("third booking uses the new rule", || async {
+        t.sim
+            .sends()
+            .iter()
+            .any(|s| s.mobile == "573001110052" && s.template_id == 991)
+            .then_some(())
+    })
+    .await;
+    t.shutdown().await;
+}

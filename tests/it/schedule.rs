@@ -272,6 +272,26 @@ async fn restart_across_8_catches_up_once_and_a_long_outage_is_recorded_as_misse
     settle(&t).await;
     let ran = t.app().engine.run_rule_now("dia-antes").unwrap();
     assert_eq!(ran, 0, "a manual run repeats no occasion");
+    // A dry run shows what the rule would send, rendered, and sends nothing.
+    let dry: serde_json::Value = t
+        .http
+        .post(t.url("/api/v1/rules/dia-antes/run?dry_run=true"))
+        .bearer_auth(super::engine::API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let would = dry["would_send"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{dry}"));
+    assert_eq!(would.len(), 3, "{dry}");
+    assert_eq!(
+        would[0]["sends"][0]["text"],
+        "Hola Ana, le recordamos su cita el martes 5 de marzo a las 10:00 a. m.. Responda 1 para confirmar o 2 para cancelar."
+    );
+    assert!(would[0]["already_fired"].is_string(), "{dry}");
     settle(&t).await;
     assert_eq!(
         t.sim
@@ -314,6 +334,34 @@ async fn restart_across_8_catches_up_once_and_a_long_outage_is_recorded_as_misse
             "slot {slot} recorded as missed"
         );
     }
+    // Visible in the API: the missed occasions, and the rule's last deed.
+    let missed = t.get("/api/v1/missed").await;
+    let slots: Vec<&str> = missed["missed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["occasion"].as_str().unwrap())
+        .collect();
+    assert!(
+        slots.contains(&"cron:dia-antes:2030-03-07T13:00:00+00:00"),
+        "{missed}"
+    );
+    let rules = t.get("/api/v1/rules").await;
+    let dia_antes = rules["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "dia-antes")
+        .unwrap()
+        .clone();
+    assert!(
+        dia_antes["last"]["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("missed"),
+        "{dia_antes}"
+    );
+    assert_eq!(dia_antes["next_fire"], "2030-03-08T13:00:00+00:00");
     t.shutdown().await;
 }
 
