@@ -5,6 +5,7 @@ mod crash;
 mod demo;
 mod deploy;
 mod engine;
+mod import;
 mod provider;
 mod render;
 mod rules;
