@@ -10,8 +10,10 @@ pub mod check;
 pub mod demo;
 pub mod import;
 pub mod preview;
+pub mod sandbox;
 pub mod send;
 pub mod serve;
+pub mod simulate;
 pub mod simulator;
 pub mod templates;
 
@@ -60,6 +62,8 @@ pub enum Command {
     Simulator(simulator::SimulatorArgs),
     /// Import appointments from a clinic's CSV or JSON export into the running engine.
     Import(import::ImportArgs),
+    /// Show what the rules would send over a period, on a fake clock, sending nothing.
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Loads the config named by `--config` (or the default file), with the environment's secrets.
@@ -92,5 +96,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Templates(args) => templates::run(args, load_config(config_path)?).await,
         Command::Simulator(args) => simulator::run(args, config_path).await,
         Command::Import(args) => import::run(args, load_config(config_path)?).await,
+        Command::Simulate(args) => simulate::run(args, load_config(config_path)?).await,
     }
 }

@@ -9,4 +9,5 @@ mod import;
 mod provider;
 mod render;
 mod rules;
+mod simulate;
 mod simulator;
