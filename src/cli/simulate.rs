@@ -485,6 +485,30 @@ fn sent_at(e: &OutboxEntry) -> Option<DateTime<Utc>> {
         .map(|c| c.at)
 }
 
+/// Why a send went later than it was queued, if it did: quiet hours, or a retry's reason.
+fn waited_note(engine: &Engine, e: &OutboxEntry, tz: Tz) -> String {
+    let Some(sent) = sent_at(e) else {
+        return String::new();
+    };
+    if sent - e.created_at < ChronoDuration::minutes(1) {
+        return String::new();
+    }
+    let quiet = engine
+        .config
+        .quiet_hours
+        .is_some_and(|q| q.contains(e.created_at.with_timezone(&tz).time()));
+    let why = e
+        .timeline
+        .iter()
+        .skip(1)
+        .filter(|c| c.status == MessageStatus::Queued)
+        .find_map(|c| c.reason.clone())
+        .or_else(|| quiet.then(|| "held by quiet hours".to_string()))
+        .map(|r| format!("; {r}"))
+        .unwrap_or_default();
+    format!(" (queued at {}{why})", local(e.created_at, tz))
+}
+
 fn local(t: DateTime<Utc>, tz: Tz) -> String {
     t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string()
 }
@@ -540,18 +564,7 @@ impl Timeline {
             let rank = if from_reply { 3 } else { 1 };
             let who = whom(e.appointment_id.as_deref(), e.mobile.as_deref());
             let last = e.timeline.last().map(|c| c.at).unwrap_or(e.updated_at);
-            let waited = e
-                .timeline
-                .iter()
-                .filter_map(|c| c.reason.as_deref())
-                .find(|r| r.starts_with("quiet hours"))
-                .map(|_| {
-                    format!(
-                        " (queued at {}, waited for the end of quiet hours)",
-                        local(e.created_at, tz)
-                    )
-                })
-                .unwrap_or_default();
+            let waited = waited_note(engine, &e, tz);
             match (&e.kind, e.status) {
                 (
                     OutboxKind::Send,

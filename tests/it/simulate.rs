@@ -200,3 +200,39 @@ async fn without_a_file_the_running_engines_appointments_are_simulated() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("--appointments FILE"), "{stderr}");
 }
+
+#[test]
+fn quiet_hours_hold_the_reminders_visibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let appointments = dir.path().join("citas.json");
+    std::fs::write(&appointments, APPOINTMENTS).unwrap();
+    let config = dir.path().join("recuerda.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "rules_dir: {}\ntemplates_dir: {}\nquiet_hours: {{from: \"08:00\", to: \"09:00\"}}\nnotify: {{recepcion: {{url: http://127.0.0.1:9/recepcion}}}}\n",
+            root.join("rules").display(),
+            root.join("templates").display()
+        ),
+    )
+    .unwrap();
+    let (out, stdout) = simulate(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--appointments",
+            appointments.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{stdout}");
+    line_of(
+        &stdout,
+        &["2026-11-26 09:00  recordatorio-dia-antes → 57300****101 (cita A1): template 990 (queued at 2026-11-26 08:00; held by quiet hours)"],
+    );
+    assert!(
+        !stdout.contains("08:00  recordatorio-dia-antes →"),
+        "{stdout}"
+    );
+}
