@@ -25,9 +25,9 @@ pub struct ImportArgs {
     #[arg(long)]
     pub skip_invalid: bool,
     /// A column's field, e.g. `--map "Nro Cita=id"`, `--map Nombre=paciente` (repeatable).
-    /// Without it, common names are recognised: `id|cita|id_cita`, `celular|movil|telefono|
-    /// mobile|phone`, `fecha_hora|inicio|start`, `estado|status`; other columns are kept for
-    /// templates under their name (lower case, `_` for spaces, without accents).
+    /// Without it, common names are recognised: `id|cita|id_cita`,
+    /// `celular|movil|telefono|mobile|phone`, `fecha_hora|inicio|start`, `estado|status`; other
+    /// columns are kept for templates under their name (lower case, `_` for spaces, no accents).
     #[arg(long = "map", value_name = "COLUMN=FIELD")]
     pub map: Vec<String>,
     /// The running engine (default: `http://` + `listen` from the config).
