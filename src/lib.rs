@@ -12,6 +12,7 @@ pub mod conversation;
 pub mod duration;
 pub mod engine;
 pub mod http;
+pub mod import;
 pub mod message;
 pub mod provider;
 pub mod render;

@@ -4,9 +4,9 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = recuerda::cli::Cli::parse();
-    // The demo prints its own readable lines; its logs show only problems.
+    // The demo and simulate print their own readable lines; their logs show only problems.
     let level = match cli.command {
-        recuerda::cli::Command::Demo(_) => "warn",
+        recuerda::cli::Command::Demo(_) | recuerda::cli::Command::Simulate(_) => "warn",
         _ => "info",
     };
     recuerda::cli::init_tracing(cli.log_format, level);

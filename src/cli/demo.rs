@@ -1,11 +1,11 @@
 //! `recuerda demo`: the engine on its built-in simulator, with a fast clock, sample
 //! appointments and simulated patients — the first thing a newcomer runs.
 
+use super::sandbox::{self, NotifySink, TempDir};
 use crate::clock::{Clock, FastClock};
 use crate::config::Config;
 use crate::message::MessageStatus;
-use crate::secret::Secret;
-use crate::simulator::{Account, PatientScript, ScriptedReply, SimConfig, SimTemplate, Simulator};
+use crate::simulator::{PatientScript, ScriptedReply, Simulator};
 use anyhow::Context;
 use chrono::{DateTime, Duration as ChronoDuration, NaiveTime, TimeZone, Utc};
 use serde_json::json;
@@ -13,9 +13,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
-
-const DEMO_LOGIN: &str = "demo@clinica.example";
-const DEMO_TOKEN: &str = "demo-token-not-a-secret";
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -120,9 +117,9 @@ pub async fn run(args: DemoArgs, base: Config) -> anyhow::Result<()> {
             (None, d.clone())
         }
         None => {
-            let t = tempfile_dir()?;
-            let p = t.join("store");
-            (Some(TempDir(t)), p)
+            let t = TempDir::new("demo")?;
+            let p = t.path().join("store");
+            (Some(t), p)
         }
     };
     config.data_dir = data_dir;
@@ -152,45 +149,16 @@ pub async fn run(args: DemoArgs, base: Config) -> anyhow::Result<()> {
             },
         );
     }
-    let sim_config = SimConfig {
-        accounts: vec![Account {
-            login: DEMO_LOGIN.into(),
-            token: Secret::new(DEMO_TOKEN),
-            balance: 10_000,
-            chatbot: true,
-            templates: None,
-        }],
-        templates: rules
-            .templates
-            .values()
-            .map(|t| SimTemplate {
-                id: t.id,
-                name: t.name.clone(),
-                body: t.body.clone(),
-                status: Default::default(),
-            })
-            .collect(),
-        webhook_url: None,
-        delays: Default::default(),
-        failures,
-        patients,
-    };
-    let sim = Simulator::start(sim_config, "127.0.0.1:0".parse()?)
-        .await
-        .context("cannot start the provider simulator")?;
-    config.provider.base_url = sim.base_url();
-    config.provider.login = Some(DEMO_LOGIN.into());
-    config.provider.token = Some(Secret::new(DEMO_TOKEN));
-    config.provider.rate_per_second = config.provider.rate_per_second.max(50);
-    config.provider.retry_base = Duration::from_millis(100);
-    config.webhook.secret = Some(Secret::generate(48));
-    config.api.token = Some(Secret::generate(40));
-    config.quiet_hours = None;
+    let sim = Simulator::start(
+        sandbox::sim_config(&rules, patients, failures),
+        "127.0.0.1:0".parse()?,
+    )
+    .await
+    .context("cannot start the provider simulator")?;
     // Notifications for reception go to a local sink that counts them.
-    let (notify_url, notified, _sink) = start_notify_sink().await?;
-    for endpoint in config.notify.values_mut() {
-        endpoint.url = notify_url.clone();
-    }
+    let sink = NotifySink::start().await?;
+    sandbox::use_simulator(&mut config, &sim, &sink.url);
+    config.quiet_hours = None;
 
     let running = crate::app::start(config, rules, clock.clone(), "127.0.0.1:0".parse()?)
         .await
@@ -312,10 +280,7 @@ pub async fn run(args: DemoArgs, base: Config) -> anyhow::Result<()> {
     // Let what is in flight settle briefly, then stop everything and summarize.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = running.engine.drain_inbox().await;
-    let summary = Summary::collect(
-        &running.engine,
-        notified.load(std::sync::atomic::Ordering::Relaxed),
-    )?;
+    let summary = Summary::collect(&running.engine, sink.received())?;
     let engine = running.engine.clone();
     running.shutdown().await;
     sim.shutdown().await;
@@ -484,46 +449,4 @@ impl Style {
     fn yellow(&self, t: &str) -> String {
         self.paint("33", t)
     }
-}
-
-/// A temporary folder removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("recuerda-demo-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
-    Ok(dir)
-}
-
-/// A local endpoint standing in for the clinic's reception system.
-async fn start_notify_sink() -> anyhow::Result<(
-    String,
-    Arc<std::sync::atomic::AtomicU64>,
-    tokio::task::JoinHandle<()>,
-)> {
-    use axum::routing::post;
-    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let c = count.clone();
-    let app = axum::Router::new().route(
-        "/recepcion",
-        post(move || {
-            let c = c.clone();
-            async move {
-                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let handle = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((format!("http://{addr}/recepcion"), count, handle))
 }

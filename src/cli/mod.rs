@@ -8,9 +8,12 @@ use std::path::PathBuf;
 pub mod balance;
 pub mod check;
 pub mod demo;
+pub mod import;
 pub mod preview;
+pub mod sandbox;
 pub mod send;
 pub mod serve;
+pub mod simulate;
 pub mod simulator;
 pub mod templates;
 
@@ -57,6 +60,10 @@ pub enum Command {
     Templates(templates::TemplatesArgs),
     /// Run the fake provider on its own, for testing an integration.
     Simulator(simulator::SimulatorArgs),
+    /// Import appointments from a clinic's CSV or JSON export into the running engine.
+    Import(import::ImportArgs),
+    /// Show what the rules would send over a period, on a fake clock, sending nothing.
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Loads the config named by `--config` (or the default file), with the environment's secrets.
@@ -88,5 +95,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Balance(args) => balance::run(args, load_config(config_path)?).await,
         Command::Templates(args) => templates::run(args, load_config(config_path)?).await,
         Command::Simulator(args) => simulator::run(args, config_path).await,
+        Command::Import(args) => import::run(args, load_config(config_path)?).await,
+        Command::Simulate(args) => simulate::run(args, load_config(config_path)?).await,
     }
 }
