@@ -41,6 +41,18 @@ pub struct Config {
     pub quiet_hours: Option<QuietHours>,
     pub opt_out: OptOutConfig,
     pub schedule: ScheduleConfig,
+    pub balance: BalanceConfig,
+}
+
+/// The low-balance guard: the provider's balance is polled, and checked before a cron
+/// fan-out; when it is below `alert_below` or cannot cover the sends about to go, recuerda
+/// logs it, shows it in `/healthz` and `/metrics`, and notifies `notify` (once a day).
+#[derive(Debug, Clone)]
+pub struct BalanceConfig {
+    pub poll: Duration,
+    pub alert_below: i64,
+    /// A name under `notify:`.
+    pub notify: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +170,8 @@ struct RawConfig {
     opt_out: Option<RawOptOut>,
     #[serde(default)]
     schedule: RawSchedule,
+    #[serde(default)]
+    balance: RawBalance,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -210,6 +224,14 @@ struct RawOptOut {
 struct RawSchedule {
     catch_up: Option<String>,
     reload_poll: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBalance {
+    poll: Option<String>,
+    alert_below: Option<i64>,
+    notify: Option<String>,
 }
 
 /// Where secrets come from besides the file; tests pass their own map instead of the process env.
@@ -434,6 +456,22 @@ impl Config {
                 Duration::from_secs(5),
             )?,
         };
+        if let Some(name) = &raw.balance.notify {
+            if !raw.notify.contains_key(name) {
+                return Err(invalid(format!(
+                    "`balance.notify: {name}` is not under `notify:`: add `notify.{name}.url` or remove it"
+                )));
+            }
+        }
+        let balance = BalanceConfig {
+            poll: dur(
+                "balance.poll",
+                raw.balance.poll,
+                Duration::from_secs(15 * 60),
+            )?,
+            alert_below: raw.balance.alert_below.unwrap_or(50),
+            notify: raw.balance.notify,
+        };
         Ok(Config {
             source: source.map(Path::to_path_buf),
             listen,
@@ -448,6 +486,7 @@ impl Config {
             quiet_hours,
             opt_out,
             schedule,
+            balance,
         })
     }
 

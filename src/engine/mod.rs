@@ -6,6 +6,7 @@
 //! delivery events → message status and `status`/`no_reply` rules.
 
 mod actions;
+mod balance;
 mod dispatch;
 mod react;
 mod reload;
@@ -86,6 +87,8 @@ pub struct EngineInner {
     schedule_wake: Notify,
     dispatch_state: Mutex<DispatchState>,
     last_balance: Mutex<Option<i64>>,
+    /// Why the balance is low, while it is (health shows it).
+    balance_low: Mutex<Option<String>>,
     /// The `now` of the scheduler's last completed tick.
     scheduled_through: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
     shutdown: watch::Sender<bool>,
@@ -145,6 +148,7 @@ impl Engine {
                 schedule_wake: Notify::new(),
                 dispatch_state: Mutex::new(DispatchState::Running),
                 last_balance: Mutex::new(None),
+                balance_low: Mutex::new(None),
                 scheduled_through: Mutex::new(None),
                 shutdown,
             }),
@@ -166,6 +170,8 @@ impl Engine {
         tasks.push(tokio::spawn(async move { e.run_scheduler().await }));
         let e = self.clone();
         tasks.push(tokio::spawn(async move { e.run_watcher().await }));
+        let e = self.clone();
+        tasks.push(tokio::spawn(async move { e.run_balance_guard().await }));
         Ok(())
     }
 

@@ -308,13 +308,23 @@ impl Engine {
         match &rule.for_each {
             Some(for_each) => {
                 let (from, to) = for_each.starts.window(slot, rule.timezone);
-                for appt in self.store.appointments_starting(from, to)? {
-                    if !for_each.status.is_empty()
-                        && !for_each.status.iter().any(|s| s == appt.status.as_str())
-                    {
-                        continue;
-                    }
-                    if let Ran::Done { .. } = self.fire_reminder(rule, &appt, now)? {
+                let selected: Vec<Appointment> = self
+                    .store
+                    .appointments_starting(from, to)?
+                    .into_iter()
+                    .filter(|a| {
+                        for_each.status.is_empty()
+                            || for_each.status.iter().any(|s| s == a.status.as_str())
+                    })
+                    .collect();
+                let sends_each = rule
+                    .actions
+                    .iter()
+                    .filter(|a| matches!(a, crate::rules::Action::Send(_)))
+                    .count();
+                self.check_fan_out(&rule.name, selected.len() * sends_each);
+                for appt in &selected {
+                    if let Ran::Done { .. } = self.fire_reminder(rule, appt, now)? {
                         ran += 1;
                     }
                 }

@@ -43,6 +43,7 @@ fn health_body(state: &AppState) -> (bool, serde_json::Value) {
             "outbox_depth": engine.store.outbox_depth(),
             "due_depth": engine.store.due_depth(),
             "last_balance": engine.last_balance(),
+            "balance_low": engine.balance_low(),
         }),
     )
 }
@@ -149,6 +150,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Some(b) = e.last_balance() {
         let _ = writeln!(out, "# HELP recuerda_balance Last known provider balance.\n# TYPE recuerda_balance gauge\nrecuerda_balance {b}");
     }
+    let _ = writeln!(out, "# HELP recuerda_balance_low Whether the balance is below the alert level or short of a fan-out.\n# TYPE recuerda_balance_low gauge\nrecuerda_balance_low {}", u8::from(e.balance_low().is_some()));
     let reload_ok = e
         .rules_status
         .lock()

@@ -144,6 +144,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("RawQuietHours", "quiet_hours"),
     ("RawOptOut", "opt_out"),
     ("RawSchedule", "schedule"),
+    ("RawBalance", "balance"),
     ("NotifyEndpoint", "notify.recepcion"),
 ];
 

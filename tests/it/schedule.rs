@@ -402,3 +402,95 @@ async fn quiet_hours_hold_a_send_until_the_window_ends_and_recheck_it() {
     assert_eq!(sends.len(), 2);
     t.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_the_balance_cannot_cover_is_reported_and_notified() {
+    use axum::routing::post;
+    let received = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/recepcion",
+        post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_url = format!("http://{}/recepcion", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut sim = sim_config();
+    sim.accounts[0].balance = 2;
+    let clock = Arc::new(ManualClock::new(bogota(4, 7, 50)));
+    let t = spawn_app_with_clock(RULES, sim, clock.clone(), |c| {
+        c.notify.insert(
+            "recepcion".into(),
+            recuerda::config::NotifyEndpoint {
+                url: sink_url.clone(),
+                timeout: Duration::from_secs(2),
+            },
+        );
+        c.balance.notify = Some("recepcion".into());
+        c.balance.alert_below = 1;
+    })
+    .await;
+    let engine = t.app().engine.clone();
+    for i in 0..3 {
+        let body = json!({"mobile": format!("5730500000{i:02}"), "start": "2030-03-05T10:00:00-05:00", "paciente": "Ana"});
+        engine.upsert_appointment(&format!("B{i}"), &body).unwrap();
+    }
+    super::engine::eventually("the guard read the balance", || async {
+        engine.last_balance().map(|_| ())
+    })
+    .await;
+    assert!(engine.balance_low().is_none(), "2 is above the alert level");
+    // The third send will meet code 5 and wait for a top-up, so this does not `settle`.
+    clock.set(bogota(4, 8, 0));
+    let low = super::engine::eventually("the fan-out of 3 cannot be covered by 2", || async {
+        engine.balance_low()
+    })
+    .await;
+    assert!(
+        low.contains("dia-antes") && low.contains('3') && low.contains('2'),
+        "{low}"
+    );
+    let health = t
+        .http
+        .get(t.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(health["balance_low"], low.as_str());
+    let metrics = t
+        .http
+        .get(t.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("recuerda_balance_low 1"), "{metrics}");
+    super::engine::eventually("reception notified", || async {
+        (!received.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    let notes = received.lock().unwrap().clone();
+    assert_eq!(notes.len(), 1, "once a day: {notes:?}");
+    assert_eq!(notes[0]["alert"], "low_balance");
+    // Topped up: the paused send goes.
+    t.sim.set_balance(super::engine::LOGIN, 100).unwrap();
+    // The paused dispatcher polls the balance on the engine's clock.
+    clock.set(bogota(4, 8, 1));
+    super::engine::eventually("all three sent", || async {
+        (t.sim.sends().len() == 3).then_some(())
+    })
+    .await;
+    t.shutdown().await;
+}
