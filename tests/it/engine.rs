@@ -627,3 +627,54 @@ async fn hot_reload_keeps_the_last_good_rules_and_health_names_the_broken_line()
     .await;
     t.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_delivery_event_that_arrives_before_the_send_is_recorded_is_applied_when_it_is() {
+    use axum::routing::post;
+    // A provider whose send answers with a known id, a little late: the webhook's `delivered`
+    // for that id arrives before the engine has stored the answer.
+    let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
+    let app = axum::Router::new().route(
+        "/ws/send/",
+        post(move || {
+            let mut gate = gate_rx.clone();
+            async move {
+                let _ = gate.wait_for(|open| *open).await;
+                axum::Json(
+                    json!({"code": 1, "status": "mensaje enviado", "messageId": "early-bird-1"}),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/ws", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let t = spawn_app(RULES, sim_config(), |c| c.provider.base_url = base.clone()).await;
+    t.put_appointment("O1", appointment("573001110060")).await;
+    let hook = t.app().webhook_url().unwrap();
+    let early = json!({"type": "message-event", "type2": " delivered", "messageId_whatsapp": "wamid.X",
+                       "fecha_envio_por_whatsapp": "2026-11-25 08:00:01", "&messageId": "early-bird-1"});
+    assert_eq!(
+        t.http
+            .post(&hook)
+            .json(&early)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    t.app().engine.drain_inbox().await.unwrap();
+    gate_tx.send_replace(true);
+    let msg = eventually(
+        "the parked event is applied once the send is recorded",
+        || async {
+            message_status(&t, "573001110060", 990)
+                .await
+                .filter(|m| m["status"] == "delivered")
+        },
+    )
+    .await;
+    assert_eq!(msg["message_id"], "early-bird-1");
+    t.shutdown().await;
+}
