@@ -143,6 +143,47 @@ pub struct OutboxEntry {
 }
 
 impl OutboxEntry {
+    /// A fresh entry, queued now and due at `now`; callers fill in what the occasion knows.
+    pub fn queued(
+        key: String,
+        kind: OutboxKind,
+        rule: &str,
+        action_index: usize,
+        now: DateTime<Utc>,
+    ) -> Self {
+        OutboxEntry {
+            key,
+            kind,
+            rule: rule.to_string(),
+            action_index,
+            appointment_id: None,
+            appointment_start: None,
+            recheck_appointment: false,
+            context: serde_json::Value::Null,
+            status: MessageStatus::Queued,
+            not_before: now,
+            attempts: 0,
+            message_id: None,
+            mobile: None,
+            custom_field: None,
+            template_id: None,
+            variables: Vec::new(),
+            text: None,
+            code: None,
+            error: None,
+            timeline: vec![StatusChange {
+                status: MessageStatus::Queued,
+                at: now,
+                code: None,
+                reason: None,
+                applied: true,
+                raw_date: None,
+            }],
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
     pub fn set_status(&mut self, status: MessageStatus, at: DateTime<Utc>, reason: Option<String>) {
         self.status = status;
         self.updated_at = at;

@@ -4,7 +4,7 @@
 use super::{Engine, EngineError};
 use crate::appointment::{Appointment, AppointmentStatus};
 use crate::conversation::Reply;
-use crate::message::{MessageStatus, OutboxEntry, OutboxKind, StatusChange};
+use crate::message::{OutboxEntry, OutboxKind};
 use crate::rules::{Action, AppointmentChange, Rule, Trigger};
 use crate::store::Fired;
 use chrono::{DateTime, Utc};
@@ -261,39 +261,18 @@ impl Engine {
             context.insert("message".into(), m.clone());
         }
         OutboxEntry {
-            key,
-            kind,
-            rule: rule.name.clone(),
-            action_index,
             appointment_id: appointment.map(|a| a.id.clone()),
             appointment_start: appointment.map(|a| a.start_utc()),
             recheck_appointment: occ.reminder,
             context: Value::Object(context),
-            status: MessageStatus::Queued,
             not_before: self.after_quiet_hours(now),
-            attempts: 0,
-            message_id: None,
             // The expected recipient, so a send refused before any call is still listed under
             // the patient's mobile; the dispatcher sets the rendered one.
             mobile: appointment
                 .map(|a| a.mobile.clone())
                 .or_else(|| occ.reply.as_ref().map(|r| r.mobile.clone())),
             custom_field,
-            template_id: None,
-            variables: Vec::new(),
-            text: None,
-            code: None,
-            error: None,
-            timeline: vec![StatusChange {
-                status: MessageStatus::Queued,
-                at: now,
-                code: None,
-                reason: None,
-                applied: true,
-                raw_date: None,
-            }],
-            created_at: now,
-            updated_at: now,
+            ..OutboxEntry::queued(key, kind, &rule.name, action_index, now)
         }
     }
 

@@ -2,7 +2,7 @@
 //! metrics, a `notify` once a day) when it is low or cannot cover a cron fan-out.
 
 use super::Engine;
-use crate::message::{MessageStatus, OutboxEntry, OutboxKind, StatusChange};
+use crate::message::{OutboxEntry, OutboxKind};
 use serde_json::json;
 
 impl Engine {
@@ -69,35 +69,15 @@ impl Engine {
         let day = now.with_timezone(&self.config.timezone).format("%Y-%m-%d");
         // One notification a day: the key is the occasion.
         let entry = OutboxEntry {
-            key: format!("balance-low:{day}"),
-            kind: OutboxKind::Notify { endpoint },
-            rule: "balance-guard".into(),
-            action_index: 0,
-            appointment_id: None,
-            appointment_start: None,
-            recheck_appointment: false,
             context: json!({"alert": "low_balance", "reason": reason, "balance": self.last_balance(), "at": now.to_rfc3339()}),
-            status: MessageStatus::Queued,
-            not_before: now,
-            attempts: 0,
-            message_id: None,
-            mobile: None,
-            custom_field: None,
-            template_id: None,
-            variables: Vec::new(),
             text: Some(reason),
-            code: None,
-            error: None,
-            timeline: vec![StatusChange {
-                status: MessageStatus::Queued,
-                at: now,
-                code: None,
-                reason: None,
-                applied: true,
-                raw_date: None,
-            }],
-            created_at: now,
-            updated_at: now,
+            ..OutboxEntry::queued(
+                format!("balance-low:{day}"),
+                OutboxKind::Notify { endpoint },
+                "balance-guard",
+                0,
+                now,
+            )
         };
         match self.store.enqueue(&entry) {
             Ok(true) => self.dispatch_wake.notify_one(),

@@ -73,93 +73,131 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// A metric family: name, type, help, and its (labels, value) samples.
+type Family<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, u64)>);
+
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let e = &state.engine;
     let c = &e.counters;
-    let mut out = String::new();
-    let mut counter = |name: &str, help: &str, labels: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name}{labels} {value}"
-        );
-    };
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    counter(
-        "recuerda_webhook_events_total",
-        "Webhook bodies received.",
-        "",
-        get(&c.webhook_events),
-    );
-    counter(
-        "recuerda_status_events_total",
-        "Delivery events processed.",
-        "",
-        get(&c.status_events),
-    );
-    counter(
-        "recuerda_replies_total",
-        "Patient replies processed.",
-        "",
-        get(&c.replies),
-    );
-    counter(
-        "recuerda_replies_matched_total",
-        "Replies a rule handled.",
-        "",
-        get(&c.replies_matched),
-    );
-    counter(
-        "recuerda_replies_unhandled_total",
-        "Replies no rule matched.",
-        "",
-        get(&c.replies_unhandled),
-    );
-    counter(
-        "recuerda_replies_duplicate_total",
-        "Replies ignored as provider retries.",
-        "",
-        get(&c.replies_duplicate),
-    );
-    counter(
-        "recuerda_opt_outs_total",
-        "Patients who opted out.",
-        "",
-        get(&c.opted_out),
-    );
-    counter(
-        "recuerda_dead_letters_total",
-        "Webhook bodies kept as dead letters.",
-        "",
-        get(&c.dead_letters),
-    );
-    let _ = writeln!(out, "# HELP recuerda_sends_result_total Send outcomes.\n# TYPE recuerda_sends_result_total counter");
-    for (result, v) in [
-        ("sent", get(&c.sends_ok)),
-        ("failed", get(&c.sends_failed)),
-        ("unknown", get(&c.sends_unknown)),
-        ("skipped", get(&c.sends_skipped)),
-        ("retried", get(&c.sends_retried)),
-    ] {
-        let _ = writeln!(
-            out,
-            "recuerda_sends_result_total{{result=\"{result}\"}} {v}"
-        );
-    }
-    let _ = writeln!(out, "# HELP recuerda_outbox_depth Entries waiting in the outbox.\n# TYPE recuerda_outbox_depth gauge\nrecuerda_outbox_depth {}", e.store.outbox_depth());
-    let _ = writeln!(out, "# HELP recuerda_due_queue_depth Planned reminders and timeouts.\n# TYPE recuerda_due_queue_depth gauge\nrecuerda_due_queue_depth {}", e.store.due_depth());
-    if let Some(b) = e.last_balance() {
-        let _ = writeln!(out, "# HELP recuerda_balance Last known provider balance.\n# TYPE recuerda_balance gauge\nrecuerda_balance {b}");
-    }
-    let _ = writeln!(out, "# HELP recuerda_balance_low Whether the balance is below the alert level or short of a fan-out.\n# TYPE recuerda_balance_low gauge\nrecuerda_balance_low {}", u8::from(e.balance_low().is_some()));
     let reload_ok = e
         .rules_status
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .last_error
         .is_none();
-    let _ = writeln!(out, "# HELP recuerda_rules_reload_ok Whether the last rules reload succeeded.\n# TYPE recuerda_rules_reload_ok gauge\nrecuerda_rules_reload_ok {}", u8::from(reload_ok));
     let running = matches!(e.dispatch_state(), DispatchState::Running);
-    let _ = writeln!(out, "# HELP recuerda_dispatcher_running Whether the dispatcher sends.\n# TYPE recuerda_dispatcher_running gauge\nrecuerda_dispatcher_running {}", u8::from(running));
+    let families: Vec<Family> = vec![
+        (
+            "recuerda_webhook_events_total",
+            "counter",
+            "Webhook bodies received.",
+            vec![("", get(&c.webhook_events))],
+        ),
+        (
+            "recuerda_status_events_total",
+            "counter",
+            "Delivery events processed.",
+            vec![("", get(&c.status_events))],
+        ),
+        (
+            "recuerda_replies_total",
+            "counter",
+            "Patient replies processed.",
+            vec![("", get(&c.replies))],
+        ),
+        (
+            "recuerda_replies_matched_total",
+            "counter",
+            "Replies a rule handled.",
+            vec![("", get(&c.replies_matched))],
+        ),
+        (
+            "recuerda_replies_unhandled_total",
+            "counter",
+            "Replies no rule matched.",
+            vec![("", get(&c.replies_unhandled))],
+        ),
+        (
+            "recuerda_replies_duplicate_total",
+            "counter",
+            "Replies ignored as provider retries.",
+            vec![("", get(&c.replies_duplicate))],
+        ),
+        (
+            "recuerda_opt_outs_total",
+            "counter",
+            "Patients who opted out.",
+            vec![("", get(&c.opted_out))],
+        ),
+        (
+            "recuerda_dead_letters_total",
+            "counter",
+            "Webhook bodies kept as dead letters.",
+            vec![("", get(&c.dead_letters))],
+        ),
+        (
+            "recuerda_sends_result_total",
+            "counter",
+            "Send outcomes.",
+            vec![
+                ("{result=\"sent\"}", get(&c.sends_ok)),
+                ("{result=\"failed\"}", get(&c.sends_failed)),
+                ("{result=\"unknown\"}", get(&c.sends_unknown)),
+                ("{result=\"skipped\"}", get(&c.sends_skipped)),
+                ("{result=\"retried\"}", get(&c.sends_retried)),
+            ],
+        ),
+        (
+            "recuerda_notify_total",
+            "counter",
+            "Notifications to the clinic's endpoints.",
+            vec![
+                ("{result=\"sent\"}", get(&c.notify_ok)),
+                ("{result=\"failed\"}", get(&c.notify_failed)),
+            ],
+        ),
+        (
+            "recuerda_outbox_depth",
+            "gauge",
+            "Entries waiting in the outbox.",
+            vec![("", e.store.outbox_depth() as u64)],
+        ),
+        (
+            "recuerda_due_queue_depth",
+            "gauge",
+            "Planned reminders and timeouts.",
+            vec![("", e.store.due_depth() as u64)],
+        ),
+        (
+            "recuerda_balance_low",
+            "gauge",
+            "Whether the balance is below the alert level or short of a fan-out.",
+            vec![("", u64::from(e.balance_low().is_some()))],
+        ),
+        (
+            "recuerda_rules_reload_ok",
+            "gauge",
+            "Whether the last rules reload succeeded.",
+            vec![("", u64::from(reload_ok))],
+        ),
+        (
+            "recuerda_dispatcher_running",
+            "gauge",
+            "Whether the dispatcher sends.",
+            vec![("", u64::from(running))],
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, values) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in values {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    }
+    if let Some(b) = e.last_balance() {
+        let _ = writeln!(out, "# HELP recuerda_balance Last known provider balance.\n# TYPE recuerda_balance gauge\nrecuerda_balance {b}");
+    }
     if let Some(handle) = crate::app::prometheus() {
         out.push_str(&handle.render());
     }
