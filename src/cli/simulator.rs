@@ -15,6 +15,50 @@ pub struct SimulatorArgs {
     /// Where to POST callbacks; overrides the config's `webhook_url`.
     #[arg(long, value_name = "URL")]
     pub webhook_url: Option<String>,
+
+    /// Approved templates from this folder (recuerda's `templates/` format), replacing the
+    /// config's. Without `--config`, `templates/` is used when it exists, so the simulator
+    /// knows exactly the templates the shipped rules send.
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<std::path::PathBuf>,
+}
+
+/// The templates in `dir` as the provider would hold them.
+fn templates_from(dir: &Path) -> anyhow::Result<Vec<crate::simulator::SimTemplate>> {
+    let mut files = Vec::new();
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read templates folder `{}`", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read `{}`", path.display()))?;
+            files.push((path, text));
+        }
+    }
+    files.sort();
+    let loaded =
+        crate::rules::RuleSet::load_sources(&files, &[], &crate::config::Config::default())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "the templates in `{}` have errors (run `recuerda check`):\n{e}",
+                    dir.display()
+                )
+            })?;
+    Ok(loaded
+        .set
+        .templates
+        .values()
+        .map(|t| crate::simulator::SimTemplate {
+            id: t.id,
+            name: t.name.clone(),
+            body: t.body.clone(),
+            status: Default::default(),
+        })
+        .collect())
 }
 
 /// `config` is the global `--config`: here a simulator config (`deploy/simulator.yaml`), not a
@@ -29,6 +73,18 @@ pub async fn run(args: SimulatorArgs, config: Option<&Path>) -> anyhow::Result<(
         }
         None => (SimConfig::demo(), true),
     };
+    let templates_dir = args.templates.clone().or_else(|| {
+        let shipped = std::path::PathBuf::from("templates");
+        (demo && shipped.is_dir()).then_some(shipped)
+    });
+    if let Some(dir) = &templates_dir {
+        sim_config.templates = templates_from(dir)?;
+        println!(
+            "templates from `{}`: {}",
+            dir.display(),
+            sim_config.templates.len()
+        );
+    }
     if args.webhook_url.is_some() {
         sim_config.webhook_url = args.webhook_url;
     }
