@@ -236,7 +236,13 @@ async fn list_messages(
         None => None,
     };
     let mut out = Vec::new();
-    for entry in state.engine.store.outbox_entries() {
+    let store = &state.engine.store;
+    let entries: Box<dyn Iterator<Item = Result<OutboxEntry, crate::store::StoreError>>> =
+        match &mobile {
+            Some(m) => Box::new(store.entries_for_mobile(m)),
+            None => Box::new(store.outbox_entries()),
+        };
+    for entry in entries {
         let entry = entry?;
         if !entry.is_send() {
             continue;

@@ -4,7 +4,8 @@
 //! time order):
 //! - `meta`: `format_version`, `cron/<rule>` → last slot handled (RFC 3339)
 //! - `appointments`: id → [`Appointment`]; `appt_start`: start_ms ++ id → ()
-//! - `outbox`: `e` ++ key → [`OutboxEntry`]; `q` ++ not_before_ms ++ key → () for queued entries
+//! - `outbox`: `e` ++ key → [`OutboxEntry`]; `q` ++ not_before_ms ++ key → () for queued entries;
+//!   `m` ++ mobile ++ 0 ++ key → () (messages by patient)
 //! - `msgid`: provider messageId → outbox key
 //! - `conversations`: custom_field → [`Conversation`]
 //! - `fired`: occasion → [`Fired`] (what already fired: idempotency)
@@ -125,6 +126,10 @@ fn ms_from_key(bytes: &[u8]) -> Option<DateTime<Utc>> {
     let arr: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
     let ms = (u64::from_be_bytes(arr) as i128 + i64::MIN as i128) as i64;
     DateTime::from_timestamp_millis(ms)
+}
+
+fn mobile_key(mobile: &str, key: &str) -> Vec<u8> {
+    cat(&[b"m", mobile.as_bytes(), &[0], key.as_bytes()])
 }
 
 fn cat(parts: &[&[u8]]) -> Vec<u8> {
@@ -310,6 +315,9 @@ impl Store {
                 if entry.status == MessageStatus::Queued {
                     t.insert(qkey.as_slice(), &[])?;
                 }
+                if let Some(mobile) = &entry.mobile {
+                    t.insert(mobile_key(mobile, &entry.key), &[])?;
+                }
                 Ok(true)
             })
             .map_err(tx_err)
@@ -348,6 +356,14 @@ impl Store {
                 }
                 if new.status == MessageStatus::Queued {
                     t.insert(cat(&[b"q", &ms_key(new.not_before), key.as_bytes()]), &[])?;
+                }
+                if old.mobile != new.mobile {
+                    if let Some(m) = &old.mobile {
+                        t.remove(mobile_key(m, key))?;
+                    }
+                    if let Some(m) = &new.mobile {
+                        t.insert(mobile_key(m, key), &[])?;
+                    }
                 }
                 t.insert(ekey.as_slice(), to_vec(&new))?;
                 Ok(Some(new))
@@ -396,6 +412,24 @@ impl Store {
             let (k, v) = item?;
             decode("outbox", &k[1..], &v)
         })
+    }
+
+    /// The outbox entries (messages) for one mobile, in key order.
+    pub fn entries_for_mobile(
+        &self,
+        mobile: &str,
+    ) -> impl Iterator<Item = Result<OutboxEntry>> + '_ {
+        let prefix = cat(&[b"m", mobile.as_bytes(), &[0]]);
+        let skip = prefix.len();
+        self.inner
+            .outbox
+            .scan_prefix(prefix)
+            .filter_map(move |item| match item {
+                Ok((k, _)) => self
+                    .get_entry(&String::from_utf8_lossy(&k[skip..]))
+                    .transpose(),
+                Err(e) => Some(Err(e.into())),
+            })
     }
 
     pub fn link_message_id(&self, message_id: &str, key: &str) -> Result<()> {
