@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 pub mod balance;
+pub mod bench;
 pub mod check;
 pub mod demo;
 pub mod preview;
@@ -57,6 +58,8 @@ pub enum Command {
     Templates(templates::TemplatesArgs),
     /// Run the fake provider on its own, for testing an integration.
     Simulator(simulator::SimulatorArgs),
+    /// Load benchmark: `serve` on a fresh store under the scenarios of issue 8, vs targets.
+    Bench(bench::BenchArgs),
 }
 
 /// Loads the config named by `--config` (or the default file), with the environment's secrets.
@@ -88,5 +91,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Balance(args) => balance::run(args, load_config(config_path)?).await,
         Command::Templates(args) => templates::run(args, load_config(config_path)?).await,
         Command::Simulator(args) => simulator::run(args, config_path).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
