@@ -14,7 +14,7 @@ async fn every_scenario_runs_briefly_without_errors() {
                 "--scenario",
                 "all",
                 "--duration",
-                "300ms",
+                "100ms",
                 "--connections",
                 "4",
                 "--appointments",
