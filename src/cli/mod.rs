@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 pub mod balance;
+pub mod bench;
 pub mod check;
 pub mod demo;
 pub mod import;
@@ -64,6 +65,8 @@ pub enum Command {
     Import(import::ImportArgs),
     /// Show what the rules would send over a period, on a fake clock, sending nothing.
     Simulate(simulate::SimulateArgs),
+    /// Load benchmark: `serve` on a fresh store under the scenarios of issue 8, vs targets.
+    Bench(bench::BenchArgs),
 }
 
 /// Loads the config named by `--config` (or the default file), with the environment's secrets.
@@ -97,5 +100,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Simulator(args) => simulator::run(args, config_path).await,
         Command::Import(args) => import::run(args, load_config(config_path)?).await,
         Command::Simulate(args) => simulate::run(args, load_config(config_path)?).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -1,5 +1,6 @@
 //! One integration-test binary: it links once.
 
+mod bench;
 mod cli;
 mod crash;
 mod demo;
