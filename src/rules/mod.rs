@@ -4,6 +4,7 @@
 pub mod diagnostic;
 pub mod load;
 pub mod model;
+pub mod routing;
 pub mod set;
 pub mod yaml;
 

@@ -19,6 +19,8 @@ pub struct RuleSet {
     pub rules: Vec<SharedRule>,
     pub templates: BTreeMap<u32, Template>,
     pub renderer: Renderer,
+    /// Reply routing, built from `rules` at load.
+    pub reply_index: super::routing::ReplyIndex,
 }
 
 /// A successful load: the set, and warnings worth showing.
@@ -82,6 +84,7 @@ impl Default for RuleSet {
             rules: Vec::new(),
             templates: BTreeMap::new(),
             renderer: Renderer::new(),
+            reply_index: super::routing::ReplyIndex::build(&[]),
         }
     }
 }
@@ -115,6 +118,7 @@ impl RuleSet {
         }
         Ok(Loaded {
             set: RuleSet {
+                reply_index: super::routing::ReplyIndex::build(&outcome.rules),
                 rules: outcome.rules,
                 templates: outcome.templates,
                 renderer: outcome.renderer,
@@ -200,9 +204,28 @@ impl RuleSet {
         text: &str,
         state: Option<&str>,
     ) -> Option<&SharedRule> {
-        self.reply_rules()
-            .find(|(_, t)| t.matches(custom_field, text, state))
-            .map(|(r, _)| r)
+        self.route_reply(custom_field, text, state, |_| true)
+    }
+
+    /// The first reply rule, in routing order, that matches and passes `also`: through the
+    /// index when it could be built, else by trying each rule.
+    fn route_reply(
+        &self,
+        custom_field: Option<&str>,
+        text: &str,
+        state: Option<&str>,
+        also: impl Fn(&SharedRule) -> bool,
+    ) -> Option<&SharedRule> {
+        match self.reply_index.candidates(custom_field, text) {
+            Some(candidates) => candidates.into_iter().map(|i| &self.rules[i]).find(|r| {
+                matches!(&r.trigger, Trigger::Reply(t) if t.state.as_deref().is_none_or(|want| state == Some(want)))
+                    && also(r)
+            }),
+            None => self
+                .reply_rules()
+                .find(|(r, t)| t.matches(custom_field, text, state) && also(r))
+                .map(|(r, _)| r),
+        }
     }
 
     /// Like [`RuleSet::match_reply`], and the rule's `where:` must hold over `ctx`: a rule
@@ -214,9 +237,7 @@ impl RuleSet {
         state: Option<&str>,
         ctx: &Value,
     ) -> Option<&SharedRule> {
-        self.reply_rules()
-            .find(|(r, t)| t.matches(custom_field, text, state) && r.conditions_hold(ctx))
-            .map(|(r, _)| r)
+        self.route_reply(custom_field, text, state, |r| r.conditions_hold(ctx))
     }
 
     /// The context with `rule: {name, description, timezone}` added.

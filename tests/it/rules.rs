@@ -506,3 +506,44 @@ fn preview_prints_the_final_text_and_form_fields() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_reply_index_routes_exactly_as_trying_each_rule_in_order() {
+    let set = shipped();
+    assert!(set.reply_index.is_indexed());
+    let texts = [
+        "1", " Sí ", "si claro", "2", "NO", "no puedo", "3", "10", "hola?", "", "BAJA", "5",
+        "confirmo", "1 2",
+    ];
+    let fields = [
+        None,
+        Some("cita-7"),
+        Some("encuesta-7"),
+        Some("otra-cosa"),
+        Some(""),
+    ];
+    let states = [
+        None,
+        Some("esperando_confirmacion"),
+        Some("confirmada"),
+        Some("otro"),
+    ];
+    let mut compared = 0;
+    for text in texts {
+        for cf in fields {
+            for state in states {
+                let linear = set
+                    .reply_rules()
+                    .find(|(_, t)| t.matches(cf, text, state))
+                    .map(|(r, _)| r.name.clone());
+                let indexed = set.match_reply(cf, text, state).map(|r| r.name.clone());
+                assert_eq!(
+                    indexed, linear,
+                    "text {text:?}, custom_field {cf:?}, state {state:?}"
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, texts.len() * fields.len() * states.len());
+}
