@@ -110,6 +110,9 @@ impl Engine {
         let mut conversation_key = occ.custom_field.clone();
         let mut appointment = occ.appointment.clone();
         let mut queued = 0;
+        // Conversation changes are gathered and written once per conversation: a reminder's
+        // `send` + `set_state` is one write, not two.
+        let mut edits = ConversationEdits::default();
         for (index, action) in rule.actions.iter().enumerate() {
             let entry_key = format!("{}#{index}", occ.key);
             match action {
@@ -117,10 +120,10 @@ impl Engine {
                     let ctx = self.context(occ, conversation_key.as_deref(), now);
                     // The conversation a send belongs to is fixed now, so replies tie back to it;
                     // everything else is rendered again at send time.
-                    let rendered_cf = rules
-                        .render_send(rule, send, &ctx)
-                        .ok()
-                        .and_then(|r| r.custom_field)
+                    let rendered_cf = send
+                        .custom_field
+                        .as_ref()
+                        .and_then(|key| rules.render_text(rule, key, &ctx).ok())
                         .filter(|cf| !cf.trim().is_empty());
                     let custom_field = rendered_cf
                         .or_else(|| occ.custom_field.clone())
@@ -141,17 +144,14 @@ impl Engine {
                             .as_ref()
                             .map(|a| a.mobile.clone())
                             .or_else(|| occ.reply.as_ref().map(|r| r.mobile.clone()));
-                        let appointment_id = appointment.as_ref().map(|a| a.id.clone());
-                        let detail = format!("template {} queued", send.template_id);
-                        self.store.update_conversation(&custom_field, now, |c| {
-                            if c.mobile.is_none() {
-                                c.mobile = mobile.clone();
-                            }
-                            if appointment_id.is_some() {
-                                c.appointment_id = appointment_id.clone();
-                            }
-                            c.record(now, "queued", detail.clone(), Some(&rule.name));
-                        })?;
+                        edits.push(
+                            &custom_field,
+                            Edit::Queued {
+                                mobile,
+                                appointment_id: appointment.as_ref().map(|a| a.id.clone()),
+                                detail: format!("template {} queued", send.template_id),
+                            },
+                        );
                     }
                     conversation_key = Some(custom_field);
                 }
@@ -159,16 +159,13 @@ impl Engine {
                     let cf = conversation_key
                         .clone()
                         .unwrap_or_else(|| default_custom_field(appointment.as_ref(), &occ.key));
-                    let appointment_id = appointment.as_ref().map(|a| a.id.clone());
-                    self.store.update_conversation(&cf, now, |c| {
-                        if c.state.as_deref() != Some(state) {
-                            c.state = Some(state.clone());
-                            c.record(now, "state", state.clone(), Some(&rule.name));
-                        }
-                        if c.appointment_id.is_none() {
-                            c.appointment_id = appointment_id.clone();
-                        }
-                    })?;
+                    edits.push(
+                        &cf,
+                        Edit::State {
+                            state: state.clone(),
+                            appointment_id: appointment.as_ref().map(|a| a.id.clone()),
+                        },
+                    );
                     conversation_key = Some(cf);
                 }
                 Action::UpdateAppointment(changes) => {
@@ -189,6 +186,8 @@ impl Engine {
                     appointment = Some(updated);
                 }
                 Action::Notify(notify) => {
+                    // The notice shows the conversation as the actions before it left it.
+                    edits.apply(self, &rule.name, now)?;
                     let ctx = self.context(occ, conversation_key.as_deref(), now);
                     let message = notify.message.as_ref().map(|key| {
                         rules
@@ -226,6 +225,7 @@ impl Engine {
                 }
             }
         }
+        edits.apply(self, &rule.name, now)?;
         self.record_fired(
             &rule.name,
             &occ.key,
@@ -339,6 +339,78 @@ impl Engine {
                     self.run_actions(rule, &occ, now)?;
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+/// One change to a conversation made by an action.
+#[derive(Debug, Clone)]
+enum Edit {
+    Queued {
+        mobile: Option<String>,
+        appointment_id: Option<String>,
+        detail: String,
+    },
+    State {
+        state: String,
+        appointment_id: Option<String>,
+    },
+}
+
+#[derive(Debug, Default)]
+struct ConversationEdits {
+    /// In the order the actions made them; conversations in first-touched order.
+    pending: Vec<(String, Vec<Edit>)>,
+}
+
+impl ConversationEdits {
+    fn push(&mut self, custom_field: &str, edit: Edit) {
+        match self.pending.iter_mut().find(|(cf, _)| cf == custom_field) {
+            Some((_, list)) => list.push(edit),
+            None => self.pending.push((custom_field.to_string(), vec![edit])),
+        }
+    }
+
+    /// Writes the gathered changes, one transaction per conversation.
+    fn apply(
+        &mut self,
+        engine: &Engine,
+        rule: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
+        for (cf, list) in self.pending.drain(..) {
+            engine.store.update_conversation(&cf, now, |c| {
+                for edit in &list {
+                    match edit {
+                        Edit::Queued {
+                            mobile,
+                            appointment_id,
+                            detail,
+                        } => {
+                            if c.mobile.is_none() {
+                                c.mobile = mobile.clone();
+                            }
+                            if appointment_id.is_some() {
+                                c.appointment_id = appointment_id.clone();
+                            }
+                            c.record(now, "queued", detail.clone(), Some(rule));
+                        }
+                        Edit::State {
+                            state,
+                            appointment_id,
+                        } => {
+                            if c.state.as_deref() != Some(state) {
+                                c.state = Some(state.clone());
+                                c.record(now, "state", state.clone(), Some(rule));
+                            }
+                            if c.appointment_id.is_none() {
+                                c.appointment_id = appointment_id.clone();
+                            }
+                        }
+                    }
+                }
+            })?;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use crate::message::{MessageStatus, StatusChange};
 use crate::provider::webhook::{self, DeliveryStatus, ReplyEvent, StatusEvent, WebhookEvent};
 use crate::rules::{EventKind, Trigger};
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// What the webhook endpoint answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +31,8 @@ impl Engine {
         let now = self.clock.now();
         let intake = match webhook::parse(body) {
             Ok(_) => {
-                // Keep the body as received; the processor parses it again (cheap, and the inbox
-                // never holds anything the parser would not take).
-                let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-                self.store
-                    .push_inbox(&json!({"received_at": now.to_rfc3339(), "body": value}))?;
+                // Kept as received: the inbox never holds anything the parser would not take.
+                self.store.push_inbox(now, body)?;
                 Intake::Accepted
             }
             Err(e) => {
@@ -88,30 +85,24 @@ impl Engine {
     pub async fn drain_inbox(&self) -> Result<usize, EngineError> {
         let mut n = 0;
         loop {
-            let batch = self.store.inbox()?;
+            let batch = self.store.inbox(512)?;
             if batch.is_empty() {
                 break;
             }
-            for (id, item) in batch {
-                let received_at = item
-                    .get("received_at")
-                    .and_then(Value::as_str)
-                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                    .map(|t| t.with_timezone(&Utc))
-                    .unwrap_or_else(|| self.clock.now());
-                let body = item.get("body").cloned().unwrap_or(Value::Null);
-                let bytes = serde_json::to_vec(&body).unwrap_or_default();
-                match webhook::parse(&bytes) {
+            for (id, received_at, body) in batch {
+                match webhook::parse(&body) {
                     Ok(WebhookEvent::Reply(reply)) => self.on_reply(&id, reply, received_at)?,
-                    Ok(WebhookEvent::Status(event)) => self.on_status(event, &body, received_at)?,
+                    Ok(WebhookEvent::Status(event)) => self.on_status(event, &body)?,
                     Err(e) => {
                         tracing::error!(error = %e, "an inbox event no longer parses; dropped")
                     }
                 }
+                // Effects are written before the event leaves the inbox, and sled persists
+                // writes in order: a crash replays the event (harmlessly) rather than losing
+                // it. Whatever is to be sent is flushed by the dispatcher before it goes.
                 self.store.remove_inbox(&id)?;
                 n += 1;
             }
-            self.store.durable().await?;
         }
         Ok(n)
     }
@@ -237,12 +228,7 @@ impl Engine {
         Ok(())
     }
 
-    fn on_status(
-        &self,
-        event: StatusEvent,
-        raw: &Value,
-        _received_at: DateTime<Utc>,
-    ) -> Result<(), EngineError> {
+    fn on_status(&self, event: StatusEvent, raw: &[u8]) -> Result<(), EngineError> {
         Counters::bump(&self.counters.status_events);
         let now = self.clock.now();
         let Some(entry) = self.store.entry_by_message_id(event.message_id.as_str())? else {
@@ -307,13 +293,12 @@ impl Engine {
         if !applied {
             return Ok(());
         }
-        if let Some(cf) = &entry.custom_field {
-            let detail = match &reason {
-                Some(r) if next == MessageStatus::Failed => format!("failed: {r}"),
-                _ => next.as_str().to_string(),
-            };
+        // A failure belongs in the conversation's story; delivered/read stay in the message's
+        // own timeline (one write per event instead of two on the busiest path).
+        if let (Some(cf), MessageStatus::Failed) = (&entry.custom_field, next) {
+            let detail = format!("failed: {}", reason.as_deref().unwrap_or("no reason given"));
             self.store.update_conversation(cf, now, |c| {
-                c.record(now, next.as_str(), detail.clone(), Some(&entry.rule))
+                c.record(now, "failed", detail.clone(), Some(&entry.rule))
             })?;
         }
         let kind = match next {
@@ -365,8 +350,7 @@ impl Engine {
     pub(crate) fn apply_orphans(&self, message_id: &str, key: &str) -> Result<(), EngineError> {
         let now = self.clock.now();
         for raw in self.store.take_orphans(message_id)? {
-            let bytes = serde_json::to_vec(&raw).unwrap_or_default();
-            if let Ok(WebhookEvent::Status(event)) = webhook::parse(&bytes) {
+            if let Ok(WebhookEvent::Status(event)) = webhook::parse(&raw) {
                 self.apply_status(key, &event, now)?;
             }
         }

@@ -144,6 +144,18 @@ impl Engine {
     }
 
     async fn tick_at(&self, now: DateTime<Utc>) -> Result<usize, EngineError> {
+        // A cron fan-out can be seconds of store work: off the async workers, so the
+        // dispatcher and the HTTP server keep running meanwhile.
+        let engine = self.clone();
+        let fired = tokio::task::spawn_blocking(move || engine.fire_due_and_cron(now))
+            .await
+            .map_err(|e| EngineError::Invalid(format!("the scheduler's work panicked: {e}")))??;
+        self.store.durable().await?;
+        self.mark_scheduled_through(now);
+        Ok(fired)
+    }
+
+    fn fire_due_and_cron(&self, now: DateTime<Utc>) -> Result<usize, EngineError> {
         let mut fired = 0;
         loop {
             let due = self.store.due_until(now, 512)?;
@@ -157,8 +169,6 @@ impl Engine {
             }
         }
         fired += self.fire_cron_slots(now)?;
-        self.store.durable().await?;
-        self.mark_scheduled_through(now);
         Ok(fired)
     }
 
@@ -308,23 +318,22 @@ impl Engine {
         match &rule.for_each {
             Some(for_each) => {
                 let (from, to) = for_each.starts.window(slot, rule.timezone);
-                let selected: Vec<Appointment> = self
-                    .store
-                    .appointments_starting(from, to)?
-                    .into_iter()
-                    .filter(|a| {
-                        for_each.status.is_empty()
-                            || for_each.status.iter().any(|s| s == a.status.as_str())
-                    })
-                    .collect();
                 let sends_each = rule
                     .actions
                     .iter()
                     .filter(|a| matches!(a, crate::rules::Action::Send(_)))
                     .count();
-                self.check_fan_out(&rule.name, selected.len() * sends_each);
-                for appt in &selected {
-                    if let Ran::Done { .. } = self.fire_reminder(rule, appt, now)? {
+                // At most this many (statuses are filtered as the appointments are read).
+                let upper_bound = self.store.count_appointments_starting(from, to);
+                self.check_fan_out(&rule.name, upper_bound * sends_each);
+                for appt in self.store.appointments_starting_iter(from, to) {
+                    let appt = appt?;
+                    if !for_each.status.is_empty()
+                        && !for_each.status.iter().any(|s| s == appt.status.as_str())
+                    {
+                        continue;
+                    }
+                    if let Ran::Done { .. } = self.fire_reminder(rule, &appt, now)? {
                         ran += 1;
                     }
                 }

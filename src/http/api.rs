@@ -387,13 +387,18 @@ async fn run_rule(
     Path(name): Path<String>,
     Query(q): Query<RunQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    let name_for_run = name.clone();
     if q.dry_run == Some(true) {
         let would = state.engine.dry_run(&name)?;
         return Ok(Json(
             json!({"rule": name, "dry_run": true, "would_send": would}),
         ));
     }
-    let ran = state.engine.run_rule_now(&name)?;
+    // A fan-out is seconds of store work: off the async workers.
+    let engine = state.engine.clone();
+    let ran = tokio::task::spawn_blocking(move || engine.run_rule_now(&name_for_run))
+        .await
+        .map_err(|_| ApiError::Internal)??;
     state.engine.store.durable().await?;
     Ok(Json(json!({"rule": name, "occasions": ran})))
 }

@@ -73,6 +73,9 @@ pub struct Fired {
     pub outcome: String,
 }
 
+/// A webhook body waiting to be processed: `(id, received_at, body)`.
+pub type InboxItem = (String, DateTime<Utc>, Vec<u8>);
+
 /// A time-driven job: an offset reminder or a no-reply timeout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DueEntry {
@@ -115,6 +118,9 @@ struct Inner {
     flush_tx: mpsc::UnboundedSender<oneshot::Sender<std::result::Result<(), String>>>,
     /// Set when a flush failed: health reports it until a later flush succeeds.
     write_failing: AtomicBool,
+    /// Entries queued in the outbox (kept in step with the `q` keys, so health and metrics
+    /// need not count them).
+    queued: std::sync::atomic::AtomicI64,
 }
 
 fn ms_key(t: DateTime<Utc>) -> [u8; 8] {
@@ -164,6 +170,9 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            // sled's default page cache is 1 GiB; the working set is recent appointments and
+            // the outbox's head, so a small cache keeps memory bounded on a small VM.
+            .cache_capacity(64 * 1024 * 1024)
             .open()
             .map_err(|source| StoreError::Open {
                 path: path.clone(),
@@ -207,7 +216,10 @@ impl Store {
             db: db.clone(),
             flush_tx,
             write_failing: AtomicBool::new(false),
+            queued: std::sync::atomic::AtomicI64::new(0),
         });
+        let queued = inner.outbox.scan_prefix(b"q").count() as i64;
+        inner.queued.store(queued, Ordering::Relaxed);
         // The flusher holds the store weakly, so dropping the last `Store` closes sled (and
         // releases its lock) at once, not whenever the flusher task next runs.
         tokio::spawn(flusher(flush_rx, Arc::downgrade(&inner)));
@@ -278,19 +290,33 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<Appointment>> {
-        let mut out = Vec::new();
-        for item in self
-            .inner
+        self.appointments_starting_iter(from, to).collect()
+    }
+
+    /// Like [`Store::appointments_starting`], one at a time (a fan-out over 100,000
+    /// appointments never holds them all).
+    pub fn appointments_starting_iter(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> impl Iterator<Item = Result<Appointment>> + '_ {
+        self.inner
             .appt_start
             .range(ms_key(from).to_vec()..ms_key(to).to_vec())
-        {
-            let (k, _) = item?;
-            let id = String::from_utf8_lossy(&k[8..]).into_owned();
-            if let Some(a) = self.get_appointment(&id)? {
-                out.push(a);
-            }
-        }
-        Ok(out)
+            .filter_map(move |item| match item {
+                Ok((k, _)) => self
+                    .get_appointment(&String::from_utf8_lossy(&k[8..]))
+                    .transpose(),
+                Err(e) => Some(Err(e.into())),
+            })
+    }
+
+    /// How many appointments start in `[from, to)` (index keys only, nothing decoded).
+    pub fn count_appointments_starting(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> usize {
+        self.inner
+            .appt_start
+            .range(ms_key(from).to_vec()..ms_key(to).to_vec())
+            .count()
     }
 
     pub fn count_appointments(&self) -> usize {
@@ -305,7 +331,8 @@ impl Store {
         let ekey = cat(&[b"e", entry.key.as_bytes()]);
         let qkey = cat(&[b"q", &ms_key(entry.not_before), entry.key.as_bytes()]);
         let value = to_vec(entry);
-        self.inner
+        let added = self
+            .inner
             .outbox
             .transaction(|t| {
                 if t.get(&ekey)?.is_some() {
@@ -320,7 +347,11 @@ impl Store {
                 }
                 Ok(true)
             })
-            .map_err(tx_err)
+            .map_err(tx_err)?;
+        if added && entry.status == MessageStatus::Queued {
+            self.inner.queued.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(added)
     }
 
     pub fn get_entry(&self, key: &str) -> Result<Option<OutboxEntry>> {
@@ -339,7 +370,8 @@ impl Store {
         change: impl Fn(&mut OutboxEntry) -> bool,
     ) -> Result<Option<OutboxEntry>> {
         let ekey = cat(&[b"e", key.as_bytes()]);
-        self.inner
+        let changed = self
+            .inner
             .outbox
             .transaction(|t| {
                 let Some(bytes) = t.get(&ekey)? else {
@@ -366,9 +398,18 @@ impl Store {
                     }
                 }
                 t.insert(ekey.as_slice(), to_vec(&new))?;
-                Ok(Some(new))
+                let was_queued = old.status == MessageStatus::Queued;
+                Ok(Some((was_queued, new)))
             })
-            .map_err(tx_err)
+            .map_err(tx_err)?;
+        Ok(changed.map(|(was_queued, new)| {
+            let is_queued = new.status == MessageStatus::Queued;
+            if was_queued != is_queued {
+                let delta = if is_queued { 1 } else { -1 };
+                self.inner.queued.fetch_add(delta, Ordering::Relaxed);
+            }
+            new
+        }))
     }
 
     /// Queued entries due at or before `now`, earliest first, at most `limit`.
@@ -403,7 +444,7 @@ impl Store {
 
     /// Number of entries waiting in the queue.
     pub fn outbox_depth(&self) -> usize {
-        self.inner.outbox.scan_prefix(b"q").count()
+        self.inner.queued.load(Ordering::Relaxed).max(0) as usize
     }
 
     /// Every outbox entry, in key order (for the API and recovery scans).
@@ -446,19 +487,20 @@ impl Store {
 
     // ---- orphan delivery events --------------------------------------------------------
 
-    pub fn park_orphan(&self, message_id: &str, event: &serde_json::Value) -> Result<()> {
+    /// Keeps a delivery event (the body as received) for a message not yet known.
+    pub fn park_orphan(&self, message_id: &str, body: &[u8]) -> Result<()> {
         let key = cat(&[message_id.as_bytes(), &[0], uuid::Uuid::now_v7().as_bytes()]);
-        self.inner.orphans.insert(key, to_vec(event))?;
+        self.inner.orphans.insert(key, body)?;
         Ok(())
     }
 
     /// Removes and returns the events parked for `message_id`, oldest first.
-    pub fn take_orphans(&self, message_id: &str) -> Result<Vec<serde_json::Value>> {
+    pub fn take_orphans(&self, message_id: &str) -> Result<Vec<Vec<u8>>> {
         let prefix = cat(&[message_id.as_bytes(), &[0]]);
         let mut out = Vec::new();
         for item in self.inner.orphans.scan_prefix(&prefix) {
             let (k, v) = item?;
-            out.push(decode("orphans", &k, &v)?);
+            out.push(v.to_vec());
             self.inner.orphans.remove(k)?;
         }
         Ok(out)
@@ -575,22 +617,30 @@ impl Store {
 
     // ---- webhook inbox, replies, dead letters --------------------------------------------
 
-    /// Keeps a webhook event until it is processed; returns its id (time-ordered).
-    pub fn push_inbox(&self, event: &serde_json::Value) -> Result<String> {
+    /// Keeps a webhook body, as received, until it is processed; returns its id
+    /// (time-ordered). The value is the receive time (8 bytes) and the body.
+    pub fn push_inbox(&self, received_at: DateTime<Utc>, body: &[u8]) -> Result<String> {
         let id = uuid::Uuid::now_v7();
-        self.inner.inbox.insert(id.as_bytes(), to_vec(event))?;
+        self.inner
+            .inbox
+            .insert(id.as_bytes(), cat(&[&ms_key(received_at), body]))?;
         Ok(id.to_string())
     }
 
-    /// Unprocessed webhook events, oldest first.
-    pub fn inbox(&self) -> Result<Vec<(String, serde_json::Value)>> {
+    /// Up to `limit` unprocessed webhook bodies, oldest first: `(id, received_at, body)`.
+    pub fn inbox(&self, limit: usize) -> Result<Vec<InboxItem>> {
         let mut out = Vec::new();
-        for item in self.inner.inbox.iter() {
+        for item in self.inner.inbox.iter().take(limit) {
             let (k, v) = item?;
             let id = uuid::Uuid::from_slice(&k)
                 .map(|u| u.to_string())
                 .unwrap_or_default();
-            out.push((id, decode("inbox", &k, &v)?));
+            let received_at = ms_from_key(&v).ok_or_else(|| StoreError::Corrupt {
+                tree: "inbox",
+                key: id.clone(),
+                message: "no receive time".into(),
+            })?;
+            out.push((id, received_at, v[8..].to_vec()));
         }
         Ok(out)
     }
@@ -777,6 +827,48 @@ async fn flusher(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_queue_counter_stays_in_step_with_the_queue() {
+        use crate::message::{OutboxEntry, OutboxKind};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = Utc::now();
+        for i in 0..3 {
+            let e = OutboxEntry::queued(format!("k{i}"), OutboxKind::Send, "r", 0, now);
+            assert!(store.enqueue(&e).unwrap());
+            assert!(
+                !store.enqueue(&e).unwrap(),
+                "a second enqueue of an occasion is a no-op"
+            );
+        }
+        let scan = |s: &Store| s.inner.outbox.scan_prefix(b"q").count();
+        assert_eq!((store.outbox_depth(), scan(&store)), (3, 3));
+        store
+            .update_entry("k0", |e| {
+                e.status = MessageStatus::Sending;
+                true
+            })
+            .unwrap();
+        store
+            .update_entry("k1", |e| {
+                e.not_before = now + chrono::Duration::hours(1);
+                true
+            })
+            .unwrap();
+        store.update_entry("k2", |_| false).unwrap();
+        assert_eq!((store.outbox_depth(), scan(&store)), (2, 2));
+        store
+            .update_entry("k0", |e| {
+                e.status = MessageStatus::Queued;
+                true
+            })
+            .unwrap();
+        assert_eq!((store.outbox_depth(), scan(&store)), (3, 3));
+        drop(store);
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(reopened.outbox_depth(), 3, "counted again at open");
+    }
 
     #[test]
     fn time_keys_sort_in_time_order() {
