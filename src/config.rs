@@ -41,6 +41,7 @@ pub struct Config {
     pub quiet_hours: Option<QuietHours>,
     pub opt_out: OptOutConfig,
     pub schedule: ScheduleConfig,
+    pub http: HttpConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +137,16 @@ pub struct ScheduleConfig {
     pub reload_poll: Duration,
 }
 
+/// Bounds on what one HTTP client may hold: a slow or idle client is cut, not waited for.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Time a client has to send a request's headers, and the most a kept-alive connection
+    /// may sit idle between requests.
+    pub header_read_timeout: Duration,
+    /// Time for a whole request, body included, from its headers to the answer.
+    pub request_timeout: Duration,
+}
+
 // ---- raw file shape -------------------------------------------------------------------
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,6 +169,8 @@ struct RawConfig {
     opt_out: Option<RawOptOut>,
     #[serde(default)]
     schedule: RawSchedule,
+    #[serde(default)]
+    http: RawHttp,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -210,6 +223,13 @@ struct RawOptOut {
 struct RawSchedule {
     catch_up: Option<String>,
     reload_poll: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    header_read_timeout: Option<String>,
+    request_timeout: Option<String>,
 }
 
 /// Where secrets come from besides the file; tests pass their own map instead of the process env.
@@ -434,6 +454,24 @@ impl Config {
                 Duration::from_secs(5),
             )?,
         };
+        let http = HttpConfig {
+            header_read_timeout: dur(
+                "http.header_read_timeout",
+                raw.http.header_read_timeout,
+                Duration::from_secs(10),
+            )?,
+            request_timeout: dur(
+                "http.request_timeout",
+                raw.http.request_timeout,
+                Duration::from_secs(30),
+            )?,
+        };
+        if http.header_read_timeout.is_zero() || http.request_timeout.is_zero() {
+            return Err(invalid(
+                "`http.header_read_timeout` and `http.request_timeout` must be longer than 0s"
+                    .into(),
+            ));
+        }
         Ok(Config {
             source: source.map(Path::to_path_buf),
             listen,
@@ -448,6 +486,7 @@ impl Config {
             quiet_hours,
             opt_out,
             schedule,
+            http,
         })
     }
 
