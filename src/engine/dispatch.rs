@@ -613,12 +613,23 @@ impl Engine {
             .await;
         let now = self.clock.now();
         let attempts = entry.attempts + 1;
+        // A redirect (never followed: targets come only from the config) or a 4xx other than
+        // 408/429 will answer the same next time: fail at once instead of retrying for minutes.
+        let mut permanent = false;
         let failure = match result {
             Ok(r) if r.status().is_success() => None,
-            Ok(r) => Some(format!(
-                "`notify.{endpoint}` answered HTTP {}",
-                r.status().as_u16()
-            )),
+            Ok(r) if r.status().is_redirection() => {
+                permanent = true;
+                Some(format!(
+                    "`notify.{endpoint}` answered HTTP {} (a redirect, not followed): set `notify.{endpoint}.url` to the final address",
+                    r.status().as_u16()
+                ))
+            }
+            Ok(r) => {
+                let code = r.status().as_u16();
+                permanent = r.status().is_client_error() && !matches!(code, 408 | 429);
+                Some(format!("`notify.{endpoint}` answered HTTP {code}"))
+            }
             Err(e) => Some(format!(
                 "`notify.{endpoint}` could not be reached: {}",
                 without_url(&e)
@@ -632,7 +643,7 @@ impl Engine {
                     true
                 })?;
             }
-            Some(reason) if attempts < 5 => {
+            Some(reason) if attempts < 5 && !permanent => {
                 self.store.update_entry(&entry.key, |e| {
                     e.set_status(MessageStatus::Queued, now, Some(reason.clone()));
                     e.not_before = now + chrono::Duration::seconds(2i64.pow(attempts));
