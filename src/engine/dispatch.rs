@@ -261,7 +261,24 @@ impl Engine {
         let Some(marked) = marked else {
             return Ok(());
         };
-        self.store.durable().await?;
+        if let Err(e) = self.store.durable().await {
+            // The mark is not on disk, so the request must not leave; put the entry back in
+            // the queue rather than leave it `sending` (which only a restart would clear).
+            let _ = self.store.update_entry(&entry.key, |e| {
+                if e.status != MessageStatus::Sending {
+                    return false;
+                }
+                e.set_status(
+                    MessageStatus::Queued,
+                    now,
+                    Some("the store could not write; retried later".into()),
+                );
+                e.attempts = e.attempts.saturating_sub(1);
+                e.not_before = now + chrono::Duration::seconds(5);
+                true
+            });
+            return Err(e.into());
+        }
         let started = std::time::Instant::now();
         let result = self.provider.send(&request).await;
         metrics::histogram!("recuerda_dispatch_seconds").record(started.elapsed().as_secs_f64());
