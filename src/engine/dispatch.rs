@@ -63,7 +63,10 @@ impl Engine {
                     e.set_status(MessageStatus::Queued, now, Some("resent after a crash mid-send (`provider.resend_unknown`)".into()));
                     e.not_before = now;
                 } else {
-                    e.set_status(MessageStatus::Unknown, now, Some("the engine stopped while this send was in flight; it may or may not have reached the patient".into()));
+                    let reason = "the engine stopped while this send was in flight; it may or may not have reached the patient";
+                    e.set_status(MessageStatus::Unknown, now, Some(reason.into()));
+                    // Like every other final outcome, the reason shows in the message's `error`.
+                    e.error = Some(reason.into());
                 }
                 true
             })?;
