@@ -227,7 +227,11 @@ async fn slow_and_idle_clients_are_cut_and_others_are_still_answered() {
         let started = Instant::now();
         let r = t.http.get(t.url("/healthz")).send().await.unwrap();
         assert_eq!(r.status(), 200);
-        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a normal request waited {:?} behind slow clients",
+            started.elapsed()
+        );
     }
 
     assert!(

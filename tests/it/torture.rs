@@ -261,6 +261,21 @@ async fn torture() {
             child = LoggedChild::spawn(&config_path, "warn");
             wait_healthy(&http, &base).await;
         }
+        // Replies no callback attempt got through are delivered again soon, as a provider
+        // would: well inside the duplicate window, so a copy that did reach the store before a
+        // kill is recognised as the same reply.
+        while tasks.try_join_next().is_some() {}
+        let owed = std::mem::take(&mut replies.lock().unwrap().unacknowledged);
+        for (text, (mobile, cf)) in owed {
+            tasks.spawn(inject_reply(
+                sim.clone(),
+                replies.clone(),
+                mobile,
+                text,
+                cf,
+                Duration::ZERO,
+            ));
+        }
         // Book a few appointments.
         for _ in 0..rng.random_range(0..3) {
             let n = patients.len();
