@@ -170,7 +170,8 @@ pub async fn start(
     })?;
     let (stop, stopped) = oneshot::channel::<()>();
     let router = crate::http::router(engine.clone());
-    let server = tokio::spawn(crate::http::serve(listener, router, async move {
+    let limits = engine.config.http.clone();
+    let server = tokio::spawn(crate::http::serve(listener, router, limits, async move {
         let _ = stopped.await;
     }));
     Ok(Running {

@@ -42,6 +42,7 @@ pub struct Config {
     pub opt_out: OptOutConfig,
     pub schedule: ScheduleConfig,
     pub balance: BalanceConfig,
+    pub http: HttpConfig,
 }
 
 /// The low-balance guard: the provider's balance is polled, and checked before a cron
@@ -148,6 +149,16 @@ pub struct ScheduleConfig {
     pub reload_poll: Duration,
 }
 
+/// Bounds on what one HTTP client may hold: a slow or idle client is cut, not waited for.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Time a client has to send a request's headers, and the most a kept-alive connection
+    /// may sit idle between requests.
+    pub header_read_timeout: Duration,
+    /// Time for a whole request, body included, from its headers to the answer.
+    pub request_timeout: Duration,
+}
+
 // ---- raw file shape -------------------------------------------------------------------
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +183,8 @@ struct RawConfig {
     schedule: RawSchedule,
     #[serde(default)]
     balance: RawBalance,
+    #[serde(default)]
+    http: RawHttp,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,6 +245,13 @@ struct RawBalance {
     poll: Option<String>,
     alert_below: Option<i64>,
     notify: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    header_read_timeout: Option<String>,
+    request_timeout: Option<String>,
 }
 
 /// Where secrets come from besides the file; tests pass their own map instead of the process env.
@@ -472,6 +492,24 @@ impl Config {
             alert_below: raw.balance.alert_below.unwrap_or(50),
             notify: raw.balance.notify,
         };
+        let http = HttpConfig {
+            header_read_timeout: dur(
+                "http.header_read_timeout",
+                raw.http.header_read_timeout,
+                Duration::from_secs(10),
+            )?,
+            request_timeout: dur(
+                "http.request_timeout",
+                raw.http.request_timeout,
+                Duration::from_secs(30),
+            )?,
+        };
+        if http.header_read_timeout.is_zero() || http.request_timeout.is_zero() {
+            return Err(invalid(
+                "`http.header_read_timeout` and `http.request_timeout` must be longer than 0s"
+                    .into(),
+            ));
+        }
         Ok(Config {
             source: source.map(Path::to_path_buf),
             listen,
@@ -487,6 +525,7 @@ impl Config {
             opt_out,
             schedule,
             balance,
+            http,
         })
     }
 

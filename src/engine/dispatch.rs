@@ -63,7 +63,10 @@ impl Engine {
                     e.set_status(MessageStatus::Queued, now, Some("resent after a crash mid-send (`provider.resend_unknown`)".into()));
                     e.not_before = now;
                 } else {
-                    e.set_status(MessageStatus::Unknown, now, Some("the engine stopped while this send was in flight; it may or may not have reached the patient".into()));
+                    let reason = "the engine stopped while this send was in flight; it may or may not have reached the patient";
+                    e.set_status(MessageStatus::Unknown, now, Some(reason.into()));
+                    // Like every other final outcome, the reason shows in the message's `error`.
+                    e.error = Some(reason.into());
                 }
                 true
             })?;
@@ -261,7 +264,24 @@ impl Engine {
         let Some(marked) = marked else {
             return Ok(());
         };
-        self.store.durable().await?;
+        if let Err(e) = self.store.durable().await {
+            // The mark is not on disk, so the request must not leave; put the entry back in
+            // the queue rather than leave it `sending` (which only a restart would clear).
+            let _ = self.store.update_entry(&entry.key, |e| {
+                if e.status != MessageStatus::Sending {
+                    return false;
+                }
+                e.set_status(
+                    MessageStatus::Queued,
+                    now,
+                    Some("the store could not write; retried later".into()),
+                );
+                e.attempts = e.attempts.saturating_sub(1);
+                e.not_before = now + chrono::Duration::seconds(5);
+                true
+            });
+            return Err(e.into());
+        }
         let started = std::time::Instant::now();
         let result = self.provider.send(&request).await;
         metrics::histogram!("recuerda_dispatch_seconds").record(started.elapsed().as_secs_f64());
@@ -613,12 +633,23 @@ impl Engine {
             .await;
         let now = self.clock.now();
         let attempts = entry.attempts + 1;
+        // A redirect (never followed: targets come only from the config) or a 4xx other than
+        // 408/429 will answer the same next time: fail at once instead of retrying for minutes.
+        let mut permanent = false;
         let failure = match result {
             Ok(r) if r.status().is_success() => None,
-            Ok(r) => Some(format!(
-                "`notify.{endpoint}` answered HTTP {}",
-                r.status().as_u16()
-            )),
+            Ok(r) if r.status().is_redirection() => {
+                permanent = true;
+                Some(format!(
+                    "`notify.{endpoint}` answered HTTP {} (a redirect, not followed): set `notify.{endpoint}.url` to the final address",
+                    r.status().as_u16()
+                ))
+            }
+            Ok(r) => {
+                let code = r.status().as_u16();
+                permanent = r.status().is_client_error() && !matches!(code, 408 | 429);
+                Some(format!("`notify.{endpoint}` answered HTTP {code}"))
+            }
             Err(e) => Some(format!(
                 "`notify.{endpoint}` could not be reached: {}",
                 without_url(&e)
@@ -632,7 +663,7 @@ impl Engine {
                     true
                 })?;
             }
-            Some(reason) if attempts < 5 => {
+            Some(reason) if attempts < 5 && !permanent => {
                 self.store.update_entry(&entry.key, |e| {
                     e.set_status(MessageStatus::Queued, now, Some(reason.clone()));
                     e.not_before = now + chrono::Duration::seconds(2i64.pow(attempts));

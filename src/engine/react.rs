@@ -125,19 +125,25 @@ impl Engine {
             rule: None,
             outcome: "received".into(),
         };
-        // A replayed event (crash between its effects and leaving the inbox) is not a duplicate.
-        let replayed = self.store.get_reply(id)?.is_some();
-        if !replayed {
+        // A replayed event (crash between its effects and leaving the inbox) keeps the verdict
+        // it got the first time: a duplicate stays one, anything else is not a duplicate.
+        let replayed = self.store.get_reply(id)?;
+        if replayed.as_ref().is_some_and(|r| r.outcome == "duplicate") {
+            return Ok(());
+        }
+        if replayed.is_none() {
             let fingerprint = reply_fingerprint(&reply);
-            if let Some(previous) = self.store.reply_seen(&fingerprint, received_at)? {
-                let window = chrono::Duration::from_std(self.config.webhook.dedupe_window)
-                    .unwrap_or_default();
-                if received_at - previous <= window && received_at >= previous {
-                    Counters::bump(&self.counters.replies_duplicate);
-                    reply.outcome = "duplicate".into();
-                    self.store.put_reply(&reply)?;
-                    return Ok(());
-                }
+            let window =
+                chrono::Duration::from_std(self.config.webhook.dedupe_window).unwrap_or_default();
+            if self
+                .store
+                .record_reply_sighting(&fingerprint, received_at, id, window)?
+                .is_some()
+            {
+                Counters::bump(&self.counters.replies_duplicate);
+                reply.outcome = "duplicate".into();
+                self.store.put_reply(&reply)?;
+                return Ok(());
             }
         }
         self.store.put_reply(&reply)?;

@@ -5,6 +5,7 @@
 use super::Engine;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
@@ -18,9 +19,18 @@ fn fingerprint(dirs: &[&Path]) -> u64 {
         files.sort();
         for f in files {
             f.hash(&mut h);
-            if let Ok(bytes) = std::fs::read(&f) {
-                bytes.hash(&mut h);
+            // Bounded read: a huge file dropped in the folder is refused by the loader, and
+            // must not be read whole into memory on every poll either. Its size still counts.
+            if let Ok(meta) = std::fs::metadata(&f) {
+                meta.len().hash(&mut h);
             }
+            let mut bytes = Vec::new();
+            if let Ok(file) = std::fs::File::open(&f) {
+                let _ = file
+                    .take(crate::rules::load::MAX_FILE_BYTES + 1)
+                    .read_to_end(&mut bytes);
+            }
+            bytes.hash(&mut h);
         }
     }
     h.finish()

@@ -223,6 +223,9 @@ fn message_json(e: &OutboxEntry) -> Value {
     v
 }
 
+/// The most messages one `GET /api/v1/messages` lists; narrow with `mobile`, `status`, `rule`.
+const MESSAGES_PAGE: usize = 1000;
+
 async fn list_messages(
     State(state): State<AppState>,
     Query(f): Query<MessageFilter>,
@@ -236,6 +239,7 @@ async fn list_messages(
         None => None,
     };
     let mut out = Vec::new();
+    let mut truncated = false;
     let store = &state.engine.store;
     let entries: Box<dyn Iterator<Item = Result<OutboxEntry, crate::store::StoreError>>> =
         match &mobile {
@@ -259,12 +263,14 @@ async fn list_messages(
         if f.rule.as_deref().is_some_and(|r| r != entry.rule) {
             continue;
         }
-        out.push(message_json(&entry));
-        if out.len() >= 1000 {
+        if out.len() >= MESSAGES_PAGE {
+            // Say so rather than let a client take the first page for the whole list.
+            truncated = true;
             break;
         }
+        out.push(message_json(&entry));
     }
-    Ok(Json(json!({"messages": out})))
+    Ok(Json(json!({"messages": out, "truncated": truncated})))
 }
 
 async fn get_message(

@@ -5,14 +5,19 @@ mod api;
 mod health;
 mod webhook;
 
+use crate::config::HttpConfig;
 use crate::engine::Engine;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tower_http::limit::RequestBodyLimitLayer;
 
 #[derive(Clone)]
@@ -83,7 +88,12 @@ impl IntoResponse for ApiError {
 pub fn router(engine: Engine) -> Router {
     let config = engine.config.clone();
     let state = AppState { engine };
+    // Limits: `RequestBodyLimitLayer` answers 413 on a `Content-Length` over the limit before
+    // reading a byte, and cuts a chunked body once it passes the limit (`DefaultBodyLimit`
+    // alone only bounds the extractors).
     let webhook = webhook::router()
+        // A wrong method on the webhook path says no more than a wrong path.
+        .method_not_allowed_fallback(not_found)
         .layer(DefaultBodyLimit::max(config.webhook.max_body_bytes))
         .layer(RequestBodyLimitLayer::new(config.webhook.max_body_bytes));
     let api = api::router(state.clone())
@@ -93,8 +103,19 @@ pub fn router(engine: Engine) -> Router {
         .merge(webhook)
         .merge(api)
         .merge(health::router())
+        // Every unknown path answers exactly what a wrong webhook secret answers, so probing
+        // tells nothing about the secret.
+        .fallback(not_found)
         .with_state(state)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.http.request_timeout,
+        ))
         .layer(axum::middleware::from_fn(log_request))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
 }
 
 /// Logs each request with its path redacted where it is a secret (`/webhook/***`).
@@ -115,18 +136,74 @@ pub fn redact_path(path: &str) -> String {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, with a header-read timeout so a
-/// slow client cannot hold a connection open forever.
+/// Serves `router` on `listener` until `shutdown` resolves, then lets open requests finish
+/// (for at most `limits.request_timeout`).
+///
+/// This is hyper's HTTP/1 server driven by hand rather than `axum::serve`, which gives hyper
+/// no timer: without one the header-read timeout never fires, and a client that sends its
+/// headers a byte at a time, or connects and says nothing, holds a connection (and a file
+/// descriptor) forever. Here `limits.header_read_timeout` bounds both; it also closes a
+/// kept-alive connection left idle that long. A request's body and answer are bounded by the
+/// router's `request_timeout`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    limits: HttpConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router.layer(tower_http::timeout::TimeoutLayer::with_status_code(
-        StatusCode::REQUEST_TIMEOUT,
-        Duration::from_secs(30),
-    ));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning;
+                    // connections already open keep being served.
+                    tracing::warn!(error = %e, "cannot accept a connection; retrying shortly");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let builder = builder.clone();
+        let mut closing = closing_rx.clone();
+        connections.spawn(async move {
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = closing.wait_for(|c| *c) => {}
+            }
+            // Finish the request in flight, if any, then close; idle connections close now.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    let drained = tokio::time::timeout(limits.request_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("some connections were still open at shutdown; closed them");
+        connections.shutdown().await;
+    }
+    Ok(())
 }

@@ -288,6 +288,14 @@ fn read_events(source: &str) -> Result<Vec<Marked>, YamlError> {
         sys::yaml_parser_set_input_string(p, input.as_ptr(), input.len() as u64);
     }
     let mut out = Vec::new();
+    // Collections open at this point of the stream: a node's depth in the tree. Checked here,
+    // as events arrive, and not only when the tree is built: libyaml's work per event grows
+    // with the nesting, so reading 100,000 `[` to the end took minutes before the builder
+    // could refuse them.
+    let mut open = 0usize;
+    // Nodes written out (each counts at least once in the builder's `MAX_NODES`): bounds the
+    // events kept in memory for a large flat file too.
+    let mut nodes = 0usize;
     loop {
         let mut event = MaybeUninit::<sys::yaml_event_t>::uninit();
         // SAFETY: `p` is a live parser; `event` is written by a successful parse and deleted
@@ -301,6 +309,39 @@ fn read_events(source: &str) -> Result<Vec<Marked>, YamlError> {
             sys::yaml_event_delete(e);
             marked
         };
+        match marked.event {
+            Event::Scalar { .. } | Event::Alias(_) | Event::SeqStart(_) | Event::MapStart(_)
+                if open > MAX_DEPTH =>
+            {
+                // The same refusal the builder would make, at the same node.
+                return Err(YamlError {
+                    message: format!("nesting deeper than {MAX_DEPTH} levels: flatten the file"),
+                    pos: Some(marked.pos),
+                    syntax: false,
+                });
+            }
+            Event::Scalar { .. } | Event::Alias(_) | Event::SeqStart(_) | Event::MapStart(_)
+                if nodes >= MAX_NODES =>
+            {
+                return Err(YamlError {
+                    message: format!(
+                        "the document expands to more than {MAX_NODES} values (aliases `*name` repeat what they point at): write it out plainly"
+                    ),
+                    pos: Some(marked.pos),
+                    syntax: false,
+                });
+            }
+            _ => {}
+        }
+        match marked.event {
+            Event::Scalar { .. } | Event::Alias(_) => nodes += 1,
+            Event::SeqStart(_) | Event::MapStart(_) => {
+                nodes += 1;
+                open += 1;
+            }
+            Event::SeqEnd | Event::MapEnd => open = open.saturating_sub(1),
+            _ => {}
+        }
         let end = matches!(marked.event, Event::StreamEnd);
         out.push(marked);
         if end {

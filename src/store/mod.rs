@@ -12,7 +12,7 @@
 //! - `optout`: mobile → [`OptOut`]
 //! - `inbox`: uuid v7 → webhook event not yet processed
 //! - `orphans`: messageId ++ 0 ++ uuid → delivery event for a message not yet known
-//! - `replies`: uuid v7 → [`Reply`]; `reply_seen`: hash(mobile, text, custom_field) → last ms
+//! - `replies`: uuid v7 → [`Reply`]; `reply_seen`: hash(mobile, text, custom_field) → last ms ++ reply id
 //! - `dead`: uuid v7 → [`DeadLetter`]
 //! - `due`: due_ms ++ key → [`DueEntry`]; `due_keys`: key → due_ms
 //!
@@ -678,15 +678,38 @@ impl Store {
         })
     }
 
-    /// Records that a reply with this fingerprint was seen at `at`; returns when it was seen
-    /// before, if ever.
-    pub fn reply_seen(
+    /// Records a sighting of reply `id` (with this fingerprint) at `at`, atomically, and returns
+    /// the reply it duplicates: a different reply with the same fingerprint seen within `window`
+    /// before `at`, if any. The record keeps naming the original, so a duplicate replayed after
+    /// a crash is still a duplicate, and a reply replayed after a crash that kept only its
+    /// sighting is not taken for a duplicate of itself.
+    pub fn record_reply_sighting(
         &self,
         fingerprint: &str,
         at: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>> {
-        let previous = self.inner.reply_seen.insert(fingerprint, &ms_key(at))?;
-        Ok(previous.and_then(|p| ms_from_key(&p)))
+        id: &str,
+        window: chrono::Duration,
+    ) -> Result<Option<String>> {
+        let decide = |old: Option<&[u8]>| -> (Option<String>, Vec<u8>) {
+            let previous = old.and_then(|p| {
+                let seen_by = String::from_utf8_lossy(p.get(8..).unwrap_or_default()).into_owned();
+                ms_from_key(p).map(|t| (t, seen_by))
+            });
+            match previous {
+                Some((seen_at, seen_by))
+                    if seen_by != id && at >= seen_at && at - seen_at <= window =>
+                {
+                    let value = cat(&[&ms_key(at), seen_by.as_bytes()]);
+                    (Some(seen_by), value)
+                }
+                _ => (None, cat(&[&ms_key(at), id.as_bytes()])),
+            }
+        };
+        let old = self
+            .inner
+            .reply_seen
+            .fetch_and_update(fingerprint, |old| Some(decide(old).1))?;
+        Ok(decide(old.as_deref()).0)
     }
 
     pub fn put_dead_letter(&self, letter: &DeadLetter) -> Result<()> {
@@ -868,6 +891,44 @@ mod tests {
         drop(store);
         let reopened = Store::open(dir.path()).unwrap();
         assert_eq!(reopened.outbox_depth(), 3, "counted again at open");
+    }
+
+    #[tokio::test]
+    async fn reply_sightings_tell_duplicates_from_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let window = chrono::Duration::seconds(60);
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        let sight = |id: &str, t| store.record_reply_sighting("fp", t, id, window).unwrap();
+        assert_eq!(sight("a", at(0)), None, "first sighting");
+        assert_eq!(
+            sight("a", at(0)),
+            None,
+            "a replay of `a` is not its own duplicate"
+        );
+        assert_eq!(sight("b", at(30)), Some("a".into()), "a provider retry");
+        assert_eq!(
+            sight("b", at(30)),
+            Some("a".into()),
+            "a replayed duplicate stays one"
+        );
+        assert_eq!(
+            sight("c", at(80)),
+            Some("a".into()),
+            "the window slides with retries"
+        );
+        assert_eq!(sight("d", at(200)), None, "past the window: a new reply");
+        // A sighting written before ids were kept (8 bytes of time) still counts.
+        store
+            .inner
+            .reply_seen
+            .insert("old", &ms_key(at(0)))
+            .unwrap();
+        let old = store
+            .record_reply_sighting("old", at(10), "e", window)
+            .unwrap();
+        assert_eq!(old, Some(String::new()));
     }
 
     #[test]

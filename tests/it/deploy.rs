@@ -110,6 +110,8 @@ fn config_values_are_the_defaults_where_the_comments_say_so() {
     assert_eq!(c.opt_out.stop, d.opt_out.stop);
     assert_eq!(c.opt_out.start, d.opt_out.start);
     assert_eq!(c.schedule.catch_up, d.schedule.catch_up);
+    assert_eq!(c.http.header_read_timeout, d.http.header_read_timeout);
+    assert_eq!(c.http.request_timeout, d.http.request_timeout);
     // The documented defaults of the paths (the file sets absolute ones instead).
     let text = read("deploy/recuerda.yaml");
     for default in ["Default `data`", "Default `rules`", "Default `templates`"] {
@@ -145,6 +147,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("RawOptOut", "opt_out"),
     ("RawSchedule", "schedule"),
     ("RawBalance", "balance"),
+    ("RawHttp", "http"),
     ("NotifyEndpoint", "notify.recepcion"),
 ];
 
