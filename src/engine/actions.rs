@@ -180,8 +180,7 @@ impl Engine {
                         .unwrap_or_else(|| current.clone());
                     let updated = apply_changes(&current, changes, now)?;
                     if updated != current {
-                        self.store.put_appointment(&updated)?;
-                        self.appointment_changed(Some(&current), &updated, now)?;
+                        self.write_appointment(&updated, now)?;
                     }
                     appointment = Some(updated);
                 }
@@ -298,25 +297,43 @@ impl Engine {
         }
     }
 
-    /// Reacts to an appointment change: re-plans offsets, drops plans of a cancelled one and
-    /// raises the `appointment:` triggers.
-    pub(crate) fn appointment_changed(
+    /// Stores an appointment and reacts to the change it makes: re-plans offsets, drops the
+    /// plans of a cancelled one, raises the `appointment:` triggers. The change is noted with
+    /// the write, so a crash before the reactions are written does not lose them.
+    pub(crate) fn write_appointment(
         &self,
-        previous: Option<&Appointment>,
+        appt: &Appointment,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Appointment>, EngineError> {
+        let (previous, pending) = self.store.put_appointment_marked(appt, |prev| {
+            change_between(prev, appt).map(|c| change_word(c).to_string())
+        })?;
+        self.appointment_changed(appt, pending.as_deref().and_then(parse_change), now)?;
+        self.store.clear_appointment_change(&appt.id)?;
+        Ok(previous)
+    }
+
+    /// Reactions a crash cut short: run them again (their occasions make that harmless).
+    pub(crate) fn recover_appointment_changes(&self) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        for (id, change) in self.store.pending_appointment_changes()? {
+            if let Some(appt) = self.store.get_appointment(&id)? {
+                tracing::info!(appointment = %id, change = %change, "finishing the reactions to an appointment change cut short by a stop");
+                self.appointment_changed(&appt, parse_change(&change), now)?;
+            }
+            self.store.clear_appointment_change(&id)?;
+        }
+        Ok(())
+    }
+
+    /// Reacts to an appointment change: re-plans offsets, drops plans of a cancelled one and
+    /// raises the `appointment:` triggers for `change`.
+    fn appointment_changed(
+        &self,
         current: &Appointment,
+        change: Option<AppointmentChange>,
         now: DateTime<Utc>,
     ) -> Result<(), EngineError> {
-        let change = match previous {
-            None => Some(AppointmentChange::Created),
-            Some(p)
-                if p.status != AppointmentStatus::Cancelled
-                    && current.status == AppointmentStatus::Cancelled =>
-            {
-                Some(AppointmentChange::Cancelled)
-            }
-            Some(p) if p.start != current.start => Some(AppointmentChange::Rescheduled),
-            _ => None,
-        };
         self.plan_appointment(current, now)?;
         let Some(change) = change else {
             return Ok(());
@@ -414,6 +431,34 @@ impl ConversationEdits {
         }
         Ok(())
     }
+}
+
+/// The change from `previous` to `current`, if it is one the `appointment:` trigger knows.
+fn change_between(
+    previous: Option<&Appointment>,
+    current: &Appointment,
+) -> Option<AppointmentChange> {
+    match previous {
+        None => Some(AppointmentChange::Created),
+        Some(p)
+            if p.status != AppointmentStatus::Cancelled
+                && current.status == AppointmentStatus::Cancelled =>
+        {
+            Some(AppointmentChange::Cancelled)
+        }
+        Some(p) if p.start != current.start => Some(AppointmentChange::Rescheduled),
+        _ => None,
+    }
+}
+
+fn parse_change(word: &str) -> Option<AppointmentChange> {
+    [
+        AppointmentChange::Created,
+        AppointmentChange::Rescheduled,
+        AppointmentChange::Cancelled,
+    ]
+    .into_iter()
+    .find(|c| change_word(*c) == word)
 }
 
 fn change_word(c: AppointmentChange) -> &'static str {

@@ -160,6 +160,7 @@ impl Engine {
     /// events are processed), then starts the processor, dispatcher and scheduler.
     pub async fn start(&self) -> Result<(), EngineError> {
         self.recover_in_flight()?;
+        self.recover_appointment_changes()?;
         self.store.durable().await?;
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         let e = self.clone();

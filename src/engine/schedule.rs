@@ -490,11 +490,7 @@ impl Engine {
         let existing = self.store.get_appointment(id).map_err(EngineError::from)?;
         let appt = Appointment::from_json(id, body, now, existing.as_ref())
             .map_err(UpsertError::Invalid)?;
-        let previous = self
-            .store
-            .put_appointment(&appt)
-            .map_err(EngineError::from)?;
-        self.appointment_changed(previous.as_ref(), &appt, now)?;
+        let previous = self.write_appointment(&appt, now)?;
         Ok((appt, previous.is_none()))
     }
 
@@ -507,8 +503,7 @@ impl Engine {
         let mut updated = current.clone();
         updated.status = AppointmentStatus::Cancelled;
         updated.updated_at = now;
-        self.store.put_appointment(&updated)?;
-        self.appointment_changed(Some(&current), &updated, now)?;
+        self.write_appointment(&updated, now)?;
         Ok(Some(updated))
     }
 }

@@ -3,7 +3,8 @@
 //! Trees and keys (big-endian timestamps first where order matters, so range scans run in
 //! time order):
 //! - `meta`: `format_version`, `cron/<rule>` → last slot handled (RFC 3339)
-//! - `appointments`: id → [`Appointment`]; `appt_start`: start_ms ++ id → ()
+//! - `appointments`: id → [`Appointment`]; `appt_start`: start_ms ++ id → ();
+//!   `appt_pending`: id → change (`created`, …) whose reactions are not yet all written
 //! - `outbox`: `e` ++ key → [`OutboxEntry`]; `q` ++ not_before_ms ++ key → () for queued entries;
 //!   `m` ++ mobile ++ 0 ++ key → () (messages by patient)
 //! - `msgid`: provider messageId → outbox key
@@ -103,6 +104,7 @@ struct Inner {
     meta: sled::Tree,
     appointments: sled::Tree,
     appt_start: sled::Tree,
+    appt_pending: sled::Tree,
     outbox: sled::Tree,
     msgid: sled::Tree,
     conversations: sled::Tree,
@@ -200,6 +202,7 @@ impl Store {
         let inner = Arc::new(Inner {
             appointments: tree("appointments")?,
             appt_start: tree("appt_start")?,
+            appt_pending: tree("appt_pending")?,
             outbox: tree("outbox")?,
             msgid: tree("msgid")?,
             conversations: tree("conversations")?,
@@ -263,9 +266,22 @@ impl Store {
 
     /// Stores `appt`, keeping the start index right; returns the previous version.
     pub fn put_appointment(&self, appt: &Appointment) -> Result<Option<Appointment>> {
+        Ok(self.put_appointment_marked(appt, |_| None)?.0)
+    }
+
+    /// Stores `appt` and, in the same transaction, notes the change it makes
+    /// (`change(previous)`, e.g. `created`) until [`Store::clear_appointment_change`]: a crash
+    /// between the write and the reactions to it leaves the note, and the reactions run when
+    /// the appointment is written again or the engine starts. Returns the previous version and
+    /// the change pending now (the new one, or one a crash left).
+    pub fn put_appointment_marked(
+        &self,
+        appt: &Appointment,
+        change: impl Fn(Option<&Appointment>) -> Option<String>,
+    ) -> Result<(Option<Appointment>, Option<String>)> {
         let i = &self.inner;
-        let previous = (&i.appointments, &i.appt_start)
-            .transaction(|(appointments, appt_start)| {
+        let (previous, pending) = (&i.appointments, &i.appt_start, &i.appt_pending)
+            .transaction(|(appointments, appt_start, appt_pending)| {
                 let previous = appointments.insert(appt.id.as_bytes(), to_vec(appt))?;
                 let previous: Option<Appointment> = match previous {
                     Some(bytes) => Some(
@@ -278,10 +294,40 @@ impl Store {
                     appt_start.remove(cat(&[&ms_key(p.start_utc()), p.id.as_bytes()]))?;
                 }
                 appt_start.insert(cat(&[&ms_key(appt.start_utc()), appt.id.as_bytes()]), &[])?;
-                Ok(previous)
+                let pending = match change(previous.as_ref()) {
+                    Some(new) => {
+                        appt_pending.insert(appt.id.as_bytes(), new.as_bytes())?;
+                        Some(new)
+                    }
+                    None => appt_pending
+                        .get(appt.id.as_bytes())?
+                        .map(|v| String::from_utf8_lossy(&v).into_owned()),
+                };
+                Ok((previous, pending))
             })
             .map_err(tx_err)?;
-        Ok(previous)
+        Ok((previous, pending))
+    }
+
+    /// The reactions to an appointment's change are written: forget the note.
+    pub fn clear_appointment_change(&self, id: &str) -> Result<()> {
+        self.inner.appt_pending.remove(id)?;
+        Ok(())
+    }
+
+    /// Changes whose reactions a crash may have cut short: `(appointment id, change)`.
+    pub fn pending_appointment_changes(&self) -> Result<Vec<(String, String)>> {
+        self.inner
+            .appt_pending
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                ))
+            })
+            .collect()
     }
 
     /// Appointments whose start is in `[from, to)`, in start order.

@@ -678,3 +678,92 @@ async fn a_delivery_event_that_arrives_before_the_send_is_recorded_is_applied_wh
     assert_eq!(msg["message_id"], "early-bird-1");
     t.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_booking_whose_reactions_a_crash_cut_short_still_gets_them() {
+    let mut t = spawn_app(RULES, sim_config(), |_| {}).await;
+    t.stop_engine().await;
+    // What a crash right after the booking's write leaves: the appointment and its change
+    // noted, no reactions yet.
+    let now = chrono::Utc::now();
+    let store = recuerda::store::Store::open(&t.config.data_dir).unwrap();
+    for id in ["X1", "X2"] {
+        let appt = recuerda::appointment::Appointment::from_json(
+            id,
+            &appointment(if id == "X1" {
+                "573001110070"
+            } else {
+                "573001110071"
+            }),
+            now,
+            None,
+        )
+        .unwrap();
+        store
+            .put_appointment_marked(&appt, |_| Some("created".into()))
+            .unwrap();
+    }
+    store.durable().await.unwrap();
+    drop(store);
+    // X1: the engine finishes the reactions when it starts.
+    t.start_engine().await;
+    eventually("X1's confirmation is sent after the restart", || async {
+        t.sim
+            .sends()
+            .iter()
+            .any(|s| s.mobile == "573001110070")
+            .then_some(())
+    })
+    .await;
+    assert!(t
+        .app()
+        .engine
+        .store
+        .pending_appointment_changes()
+        .unwrap()
+        .is_empty());
+    // X2 was handled at start too; the client's retried PUT (answered 200) sends nothing more.
+    assert_eq!(
+        t.put_appointment("X2", appointment("573001110071"))
+            .await
+            .status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        t.sim
+            .sends()
+            .iter()
+            .filter(|s| s.mobile == "573001110071")
+            .count(),
+        1
+    );
+    // X3: the note left while running (no restart); the client's retried PUT finishes it.
+    let x3 = recuerda::appointment::Appointment::from_json(
+        "X3",
+        &appointment("573001110072"),
+        now,
+        None,
+    )
+    .unwrap();
+    t.app()
+        .engine
+        .store
+        .put_appointment_marked(&x3, |_| Some("created".into()))
+        .unwrap();
+    assert_eq!(
+        t.put_appointment("X3", appointment("573001110072"))
+            .await
+            .status(),
+        200
+    );
+    eventually("X3's confirmation is sent on the retried PUT", || async {
+        t.sim
+            .sends()
+            .iter()
+            .any(|s| s.mobile == "573001110072")
+            .then_some(())
+    })
+    .await;
+    t.shutdown().await;
+}
