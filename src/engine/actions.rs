@@ -87,6 +87,7 @@ impl Engine {
 
     /// Runs `rule`'s actions for `occ` once: a second call with the same occasion key does
     /// nothing.
+    #[tracing::instrument(level = "info", skip_all, fields(rule = %rule.name, occasion = %occ.key, appointment = ?occ.appointment.as_ref().map(|a| &a.id)))]
     pub(crate) fn run_actions(
         &self,
         rule: &Rule,

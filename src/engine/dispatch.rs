@@ -210,6 +210,7 @@ impl Engine {
     }
 
     /// Sends (or notifies) one entry and records the outcome.
+    #[tracing::instrument(level = "info", skip_all, fields(rule = %entry.rule, key = %entry.key, appointment = ?entry.appointment_id))]
     async fn dispatch_one(&self, entry: OutboxEntry) -> Result<(), EngineError> {
         match &entry.kind {
             OutboxKind::Notify { endpoint } => self.dispatch_notify(&entry, endpoint.clone()).await,

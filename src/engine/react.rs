@@ -107,6 +107,7 @@ impl Engine {
         Ok(n)
     }
 
+    #[tracing::instrument(level = "info", skip_all, fields(reply = %id, custom_field = ?event.custom_field))]
     fn on_reply(
         &self,
         id: &str,
@@ -247,6 +248,7 @@ impl Engine {
 
     /// Applies a delivery event to the message with outbox key `key`, and runs `status` rules
     /// when it moved the status forward.
+    #[tracing::instrument(level = "info", skip_all, fields(key = %key, message_id = %event.message_id.as_str(), status = ?event.status))]
     pub(crate) fn apply_status(
         &self,
         key: &str,

@@ -482,8 +482,18 @@ async fn a_fan_out_the_balance_cannot_cover_is_reported_and_notified() {
     })
     .await;
     let notes = received.lock().unwrap().clone();
-    assert_eq!(notes.len(), 1, "once a day: {notes:?}");
-    assert_eq!(notes[0]["alert"], "low_balance");
+    assert!(
+        notes.iter().all(|n| n["alert"] == "low_balance"),
+        "{notes:?}"
+    );
+    // Once a day: one occasion (a notification retried after a slow answer may arrive twice).
+    let alerts = engine
+        .store
+        .outbox_entries()
+        .filter_map(Result::ok)
+        .filter(|e| e.rule == "balance-guard")
+        .count();
+    assert_eq!(alerts, 1);
     // Topped up: the paused send goes.
     t.sim.set_balance(super::engine::LOGIN, 100).unwrap();
     // The paused dispatcher polls the balance on the engine's clock.
