@@ -100,6 +100,24 @@ async fn step_to(t: &TestApp, clock: &ManualClock, until: DateTime<Utc>, every: 
     }
 }
 
+/// Stops the engine, moves the clock to `at` (time passing while it is down), starts it again
+/// and lets it catch up.
+async fn restart_at(t: &mut TestApp, clock: &ManualClock, at: DateTime<Utc>) {
+    t.stop_engine().await;
+    clock.set(at);
+    t.start_engine().await;
+    settle(t).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+}
+
+fn sends_of(t: &TestApp, template: u32) -> usize {
+    t.sim
+        .sends()
+        .iter()
+        .filter(|s| s.template_id == template)
+        .count()
+}
+
 /// (template, appointment id) → the fake time the send left, from the engine's own records.
 fn sends_by_template(t: &TestApp) -> BTreeMap<(u32, String), DateTime<Utc>> {
     let mut out = BTreeMap::new();
@@ -147,14 +165,7 @@ async fn a_simulated_clinic_day() {
     engine.cancel_appointment("D00").unwrap();
     // 08:00: the day-before cron reminds all of tomorrow's patients.
     step_to(&t, &clock, bogota(4, 8, 30), Days::minutes(5)).await;
-    assert_eq!(
-        t.sim
-            .sends()
-            .iter()
-            .filter(|s| s.template_id == 990)
-            .count(),
-        25
-    );
+    assert_eq!(sends_of(&t, 990), 25);
     // 08:30: five confirm, two cancel.
     for i in 0..7 {
         let id = format!("T{i:02}");
@@ -251,25 +262,10 @@ async fn restart_across_8_catches_up_once_and_a_long_outage_is_recorded_as_misse
             .unwrap();
     }
     step_to(&t, &clock, bogota(4, 7, 55), Days::minutes(1)).await;
-    t.stop_engine().await;
-    clock.set(bogota(4, 8, 30));
-    t.start_engine().await;
-    settle(&t).await;
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    assert_eq!(
-        t.sim
-            .sends()
-            .iter()
-            .filter(|s| s.template_id == 990)
-            .count(),
-        3,
-        "caught up once"
-    );
+    restart_at(&mut t, &clock, bogota(4, 8, 30)).await;
+    assert_eq!(sends_of(&t, 990), 3, "caught up once");
     // Another restart, and the same slot again by hand: nothing is sent twice.
-    t.stop_engine().await;
-    clock.set(bogota(4, 8, 40));
-    t.start_engine().await;
-    settle(&t).await;
+    restart_at(&mut t, &clock, bogota(4, 8, 40)).await;
     let ran = t.app().engine.run_rule_now("dia-antes").unwrap();
     assert_eq!(ran, 0, "a manual run repeats no occasion");
     // A dry run shows what the rule would send, rendered, and sends nothing.
@@ -293,14 +289,7 @@ async fn restart_across_8_catches_up_once_and_a_long_outage_is_recorded_as_misse
     );
     assert!(would[0]["already_fired"].is_string(), "{dry}");
     settle(&t).await;
-    assert_eq!(
-        t.sim
-            .sends()
-            .iter()
-            .filter(|s| s.template_id == 990)
-            .count(),
-        3
-    );
+    assert_eq!(sends_of(&t, 990), 3);
 
     // Down for three days: the slots are past the 6 h grace; recorded, nothing sent.
     for i in 0..2 {
@@ -311,20 +300,8 @@ async fn restart_across_8_catches_up_once_and_a_long_outage_is_recorded_as_misse
             .unwrap();
     }
     settle(&t).await;
-    t.stop_engine().await;
-    clock.set(bogota(7, 15, 0));
-    t.start_engine().await;
-    settle(&t).await;
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    assert_eq!(
-        t.sim
-            .sends()
-            .iter()
-            .filter(|s| s.template_id == 990)
-            .count(),
-        3,
-        "nothing sent for missed slots"
-    );
+    restart_at(&mut t, &clock, bogota(7, 15, 0)).await;
+    assert_eq!(sends_of(&t, 990), 3, "nothing sent for missed slots");
     let store = &t.app().engine.store;
     for day in [5, 6, 7] {
         let slot = bogota(day, 8, 0).to_rfc3339();
