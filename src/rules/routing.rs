@@ -1,7 +1,8 @@
-//! Reply routing in near-constant time: one pass of a `RegexSet` over the reply's text and one
-//! of a `GlobSet` over its `custom_field` find every candidate rule at once, instead of trying
-//! each rule's regex in turn. The first candidate in routing order whose `state` fits wins,
-//! exactly as the linear scan would decide.
+//! Reply routing in near-constant time: one pass of a `RegexSet` over the reply's text finds
+//! the rules whose text matches, one pass of a `GlobSet` over the distinct `custom_field`
+//! globs finds the globs that match; only those rules (and the few without a text pattern) are
+//! looked at. The first candidate in routing order whose `state` fits wins, exactly as the
+//! linear scan would decide.
 
 use super::model::{SharedRule, Trigger};
 
@@ -9,14 +10,15 @@ use super::model::{SharedRule, Trigger};
 pub struct ReplyIndex {
     /// Positions in `RuleSet::rules` of the enabled reply rules, in routing order.
     order: Vec<usize>,
-    /// Pattern `i` belongs to `order[text_owner[i]]`.
+    /// Pattern `i` belongs to slot `text_owner[i]` (a slot is a position in `order`).
     texts: Option<regex::RegexSet>,
     text_owner: Vec<usize>,
-    /// Glob `i` belongs to `order[glob_owner[i]]`.
+    /// Slots without a text pattern: candidates for any text.
+    any_text: Vec<usize>,
+    /// Distinct globs; `glob_of[slot]` is the slot's glob, `None` for "any custom_field".
     globs: Option<globset::GlobSet>,
-    glob_owner: Vec<usize>,
-    has_text: Vec<bool>,
-    has_glob: Vec<bool>,
+    n_globs: usize,
+    glob_of: Vec<Option<usize>>,
     /// The sets could not be built (too large): fall back to trying each rule.
     linear: bool,
 }
@@ -27,13 +29,14 @@ impl ReplyIndex {
             order: Vec::new(),
             texts: None,
             text_owner: Vec::new(),
+            any_text: Vec::new(),
             globs: None,
-            glob_owner: Vec::new(),
-            has_text: Vec::new(),
-            has_glob: Vec::new(),
+            n_globs: 0,
+            glob_of: Vec::new(),
             linear: false,
         };
         let mut patterns = Vec::new();
+        let mut distinct_globs: Vec<String> = Vec::new();
         let mut globs = globset::GlobSetBuilder::new();
         for (position, rule) in rules.iter().enumerate() {
             let Trigger::Reply(t) = &rule.trigger else {
@@ -44,22 +47,31 @@ impl ReplyIndex {
             }
             let slot = index.order.len();
             index.order.push(position);
-            index.has_text.push(t.text.is_some());
-            index.has_glob.push(t.custom_field.is_some());
-            if let Some(re) = &t.text {
-                patterns.push(re.as_str().to_string());
-                index.text_owner.push(slot);
-            }
-            if let Some(pattern) = &t.custom_field {
-                match globset::Glob::new(pattern) {
-                    Ok(g) => {
-                        globs.add(g);
-                        index.glob_owner.push(slot);
-                    }
-                    Err(_) => index.linear = true,
+            match &t.text {
+                Some(re) => {
+                    patterns.push(re.as_str().to_string());
+                    index.text_owner.push(slot);
                 }
+                None => index.any_text.push(slot),
             }
+            let glob = t.custom_field.as_ref().map(|pattern| {
+                match distinct_globs.iter().position(|g| g == pattern) {
+                    Some(i) => i,
+                    None => {
+                        match globset::Glob::new(pattern) {
+                            Ok(g) => {
+                                globs.add(g);
+                            }
+                            Err(_) => index.linear = true,
+                        }
+                        distinct_globs.push(pattern.clone());
+                        distinct_globs.len() - 1
+                    }
+                }
+            });
+            index.glob_of.push(glob);
         }
+        index.n_globs = distinct_globs.len();
         // Built the way the loader builds each rule's regex: case-insensitive.
         match regex::RegexSetBuilder::new(&patterns)
             .case_insensitive(true)
@@ -88,22 +100,21 @@ impl ReplyIndex {
         if self.linear {
             return None;
         }
-        let n = self.order.len();
-        let mut text_ok: Vec<bool> = self.has_text.iter().map(|has| !has).collect();
+        let mut slots: Vec<usize> = self.any_text.clone();
         if let Some(set) = &self.texts {
-            for i in set.matches(text.trim()).iter() {
-                text_ok[self.text_owner[i]] = true;
-            }
+            slots.extend(set.matches(text.trim()).iter().map(|i| self.text_owner[i]));
         }
-        let mut glob_ok: Vec<bool> = self.has_glob.iter().map(|has| !has).collect();
+        slots.sort_unstable();
+        let mut glob_matched = vec![false; self.n_globs];
         if let (Some(set), Some(cf)) = (&self.globs, custom_field) {
             for i in set.matches(cf) {
-                glob_ok[self.glob_owner[i]] = true;
+                glob_matched[i] = true;
             }
         }
         Some(
-            (0..n)
-                .filter(|&slot| text_ok[slot] && glob_ok[slot])
+            slots
+                .into_iter()
+                .filter(|&slot| self.glob_of[slot].is_none_or(|g| glob_matched[g]))
                 .map(|slot| self.order[slot])
                 .collect(),
         )
