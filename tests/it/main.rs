@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod client_sim;
 mod crash;
 mod demo;
 mod deploy;
