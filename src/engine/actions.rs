@@ -40,7 +40,7 @@ impl Engine {
         occ: &Occasion,
         conversation_key: Option<&str>,
         now: DateTime<Utc>,
-    ) -> Value {
+    ) -> Result<Value, EngineError> {
         let mut ctx = serde_json::Map::new();
         if let Some(a) = &occ.appointment {
             ctx.insert("appointment".into(), a.to_context());
@@ -52,20 +52,18 @@ impl Engine {
             ctx.insert("message".into(), m.clone());
         }
         if let Some(cf) = conversation_key.or(occ.custom_field.as_deref()) {
-            match self.store.get_conversation(cf) {
-                Ok(Some(c)) => {
-                    ctx.insert("conversation".into(), c.to_context());
-                }
-                _ => {
-                    ctx.insert(
-                        "conversation".into(),
-                        json!({"custom_field": cf, "state": null}),
-                    );
-                }
-            }
+            ctx.insert("conversation".into(), self.conversation_context(cf)?);
         }
         ctx.insert("now".into(), now.to_rfc3339().into());
-        Value::Object(ctx)
+        Ok(Value::Object(ctx))
+    }
+
+    /// What templates see as `conversation`: the stored one, or a fresh one with no state.
+    pub(crate) fn conversation_context(&self, custom_field: &str) -> Result<Value, EngineError> {
+        Ok(match self.store.get_conversation(custom_field)? {
+            Some(c) => c.to_context(),
+            None => json!({"custom_field": custom_field, "state": null}),
+        })
     }
 
     /// Records that `occasion` of `rule` fired with `outcome` (once), and keeps it as the rule's
@@ -98,7 +96,7 @@ impl Engine {
             return Ok(Ran::AlreadyFired);
         }
         let rules = self.rules();
-        let ctx = self.context(occ, None, now);
+        let ctx = self.context(occ, None, now)?;
         if !rule.conditions_hold(&ctx) {
             self.record_fired(
                 &rule.name,
@@ -118,7 +116,7 @@ impl Engine {
             let entry_key = format!("{}#{index}", occ.key);
             match action {
                 Action::Send(send) => {
-                    let ctx = self.context(occ, conversation_key.as_deref(), now);
+                    let ctx = self.context(occ, conversation_key.as_deref(), now)?;
                     // The conversation a send belongs to is fixed now, so replies tie back to it;
                     // everything else is rendered again at send time.
                     let rendered_cf = send
@@ -188,7 +186,7 @@ impl Engine {
                 Action::Notify(notify) => {
                     // The notice shows the conversation as the actions before it left it.
                     edits.apply(self, &rule.name, now)?;
-                    let ctx = self.context(occ, conversation_key.as_deref(), now);
+                    let ctx = self.context(occ, conversation_key.as_deref(), now)?;
                     let message = notify.message.as_ref().map(|key| {
                         rules
                             .render_text(rule, key, &ctx)

@@ -444,11 +444,7 @@ impl Engine {
             ctx.insert("appointment".into(), a.to_context());
         }
         if let Some(cf) = &entry.custom_field {
-            let conv = self
-                .store
-                .get_conversation(cf)?
-                .map(|c| c.to_context())
-                .unwrap_or_else(|| serde_json::json!({"custom_field": cf, "state": null}));
+            let conv = self.conversation_context(cf)?;
             ctx.insert("conversation".into(), conv);
         }
         ctx.insert("now".into(), now.to_rfc3339().into());
@@ -532,7 +528,7 @@ impl Engine {
                 Counters::bump(&self.counters.sends_ok);
                 metrics::counter!("recuerda_sends_total", "rule" => entry.rule.clone(), "result" => "sent").increment(1);
                 if let Some(e) = &updated {
-                    tracing::info!(rule = %e.rule, message_id = %message_id, mobile = %super::react::mask(e.mobile.as_deref().unwrap_or("")), "sent");
+                    tracing::info!(rule = %e.rule, message_id = %message_id, mobile = %super::mask(e.mobile.as_deref().unwrap_or("")), "sent");
                     if let Some(cf) = &e.custom_field {
                         let detail = format!(
                             "template {} sent ({message_id})",

@@ -12,8 +12,9 @@ mod react;
 mod reload;
 mod schedule;
 
+pub use crate::provider::mask_mobile as mask;
 pub use dispatch::DispatchState;
-pub use react::{mask, Intake};
+pub use react::Intake;
 pub use schedule::UpsertError;
 
 use crate::clock::SharedClock;

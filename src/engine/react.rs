@@ -5,6 +5,7 @@ use super::actions::Occasion;
 use super::{Counters, Engine, EngineError};
 use crate::conversation::{DeadLetter, OptOut, Reply};
 use crate::message::{MessageStatus, StatusChange};
+use crate::provider::mask_mobile as mask;
 use crate::provider::webhook::{self, DeliveryStatus, ReplyEvent, StatusEvent, WebhookEvent};
 use crate::rules::{EventKind, Trigger};
 use chrono::{DateTime, Utc};
@@ -390,17 +391,6 @@ fn normalize_keyword(text: &str) -> String {
     folded.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// A mobile for logs: the middle digits hidden.
-pub fn mask(mobile: &str) -> String {
-    let chars: Vec<char> = mobile.chars().collect();
-    if chars.len() <= 6 {
-        return "*".repeat(chars.len());
-    }
-    let head: String = chars[..5].iter().collect();
-    let tail: String = chars[chars.len() - 3..].iter().collect();
-    format!("{head}{}{tail}", "*".repeat(chars.len() - 8))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,10 +402,5 @@ mod tests {
             "CANCELAR SUSCRIPCION"
         );
         assert_eq!(normalize_keyword("Baja"), "BAJA");
-    }
-
-    #[test]
-    fn masks_the_middle_of_a_mobile() {
-        assert_eq!(mask("573102334455"), "57310****455");
     }
 }

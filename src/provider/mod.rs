@@ -11,8 +11,8 @@ pub use error::{
     failure_reason, Call, CodeClass, Disposition, ProviderCode, ProviderError, EXCERPT_CHARS,
 };
 pub use types::{
-    count_placeholders, CustomField, CustomFieldError, InvalidSend, MediaUrl, MediaUrlError,
-    MessageId, MessageIdError, Mobile, MobileError, SendRequest, TemplateId, TemplateIdError,
-    Variables, VariablesError,
+    count_placeholders, mask_mobile, CustomField, CustomFieldError, InvalidSend, MediaUrl,
+    MediaUrlError, MessageId, MessageIdError, Mobile, MobileError, SendRequest, TemplateId,
+    TemplateIdError, Variables, VariablesError,
 };
 pub use webhook::{DeliveryStatus, ReplyEvent, StatusEvent, WebhookError, WebhookEvent};

@@ -127,7 +127,7 @@ impl Mobile {
 
     /// For logs: the middle digits hidden (`57310****455`).
     pub fn masked(&self) -> String {
-        format!("{}****{}", &self.0[..5], &self.0[9..])
+        mask_mobile(&self.0)
     }
 
     /// Normalizes the mobile a webhook reply carries, without judging it: keeps the digits only.
@@ -504,6 +504,20 @@ impl SendRequest {
     }
 }
 
+/// Any mobile text for logs (a reply's may not be valid): the middle digits hidden, the
+/// country code, operator prefix and last three digits kept (`57310****455`).
+pub fn mask_mobile(mobile: &str) -> String {
+    let chars: Vec<char> = mobile.chars().collect();
+    if chars.len() <= 6 {
+        return "*".repeat(chars.len());
+    }
+    // Too short to keep a prefix and still hide something: hide all but the last three.
+    let head_len = if chars.len() > 8 { 5 } else { 0 };
+    let head: String = chars[..head_len].iter().collect();
+    let tail: String = chars[chars.len() - 3..].iter().collect();
+    format!("{head}{}{tail}", "*".repeat(chars.len() - head_len - 3))
+}
+
 /// Number of distinct `{n}` placeholders in a template body: the variable count a send must
 /// carry (`{1}` used twice counts once).
 pub fn count_placeholders(body: &str) -> usize {
@@ -537,5 +551,14 @@ mod tests {
         let m = Mobile::parse("573102334455").unwrap();
         assert_eq!(m.masked(), "57310****455");
         assert_eq!(format!("{m:?}"), "Mobile(57310****455)");
+    }
+
+    #[test]
+    fn any_mobile_text_is_masked_without_panicking() {
+        assert_eq!(mask_mobile("573102334455"), "57310****455");
+        assert_eq!(mask_mobile("57300222222"), "57300***222");
+        assert_eq!(mask_mobile("5730022"), "****022");
+        assert_eq!(mask_mobile("123456"), "******");
+        assert_eq!(mask_mobile(""), "");
     }
 }
