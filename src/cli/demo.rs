@@ -298,6 +298,17 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
+/// The appointment status a rule's `update_appointment` sets, if any.
+fn status_set_by(rules: &crate::rules::RuleSet, name: &str) -> Option<String> {
+    rules.rule(name)?.actions.iter().find_map(|a| match a {
+        crate::rules::Action::UpdateAppointment(fields) => fields
+            .get("status")
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
+        _ => None,
+    })
+}
+
 /// Per-rule counts at the end of the demo.
 #[derive(Debug, Default)]
 struct Summary {
@@ -321,6 +332,7 @@ const COLUMNS: [&str; 9] = [
 
 impl Summary {
     fn collect(engine: &crate::engine::Engine, notified: u64) -> anyhow::Result<Summary> {
+        let rules = engine.rules();
         let mut s = Summary {
             notified,
             ..Default::default()
@@ -339,12 +351,11 @@ impl Summary {
             if let Some(rule) = &r.rule {
                 let row = s.rows.entry(rule.clone()).or_default();
                 row[4] += 1;
-                let lower = rule.to_lowercase();
-                if lower.contains("confirm") {
-                    row[5] += 1;
-                }
-                if lower.contains("cancel") {
-                    row[6] += 1;
+                // What the rule does, not what it is called: it sets the appointment's status.
+                match status_set_by(&rules, rule).as_deref() {
+                    Some("confirmed") => row[5] += 1,
+                    Some("cancelled") => row[6] += 1,
+                    _ => {}
                 }
             }
         }
