@@ -57,10 +57,6 @@ impl MessageStatus {
             _ => false,
         }
     }
-
-    pub fn is_final_for_dispatch(&self) -> bool {
-        !matches!(self, Self::Queued | Self::Sending)
-    }
 }
 
 impl fmt::Display for MessageStatus {

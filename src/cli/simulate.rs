@@ -307,10 +307,9 @@ async fn simulate(
     // Reminders whose time was before `--from` were recorded while planning: not the period's.
     let before: HashSet<String> = engine
         .store
-        .fired_with_prefix("")?
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
+        .fired_all()
+        .map(|item| item.map(|(k, _)| k))
+        .collect::<Result<_, _>>()?;
     engine.start().await?;
 
     let result = drive(&engine, &clock, &mut scripts, from, to).await;
@@ -664,7 +663,8 @@ impl Timeline {
                 text: None,
             });
         }
-        for (key, fired) in engine.store.fired_with_prefix("")? {
+        for item in engine.store.fired_all() {
+            let (key, fired) = item?;
             if before.contains(&key) {
                 continue;
             }

@@ -244,12 +244,6 @@ impl Store {
         }
     }
 
-    /// A blocking flush for shutdown, after every writer has stopped.
-    pub fn flush_blocking(&self) -> Result<()> {
-        self.inner.db.flush()?;
-        Ok(())
-    }
-
     /// True while the last flush failed (disk full, read-only folder): health shows it.
     pub fn write_failing(&self) -> bool {
         self.inner.write_failing.load(Ordering::Relaxed)
@@ -597,19 +591,6 @@ impl Store {
             Some(v) => Ok(Some(decode("meta", rule.as_bytes(), &v)?)),
             None => Ok(None),
         }
-    }
-
-    /// Every occasion record whose key starts with `prefix`.
-    pub fn fired_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Fired)>> {
-        let mut out = Vec::new();
-        for item in self.inner.fired.scan_prefix(prefix) {
-            let (k, v) = item?;
-            out.push((
-                String::from_utf8_lossy(&k).into_owned(),
-                decode("fired", &k, &v)?,
-            ));
-        }
-        Ok(out)
     }
 
     // ---- conversations -------------------------------------------------------------
