@@ -388,7 +388,7 @@ impl ConversationEdits {
         }
     }
 
-    /// Writes the gathered changes, one transaction per conversation.
+    /// Writes the gathered changes, one write per conversation.
     fn apply(
         &mut self,
         engine: &Engine,

@@ -20,6 +20,13 @@
 //! Anything acknowledged to someone is made durable first with [`Store::durable`]: one
 //! flusher task serves every waiting writer (group commit), so there is never more than one
 //! `flush_async` in flight (sled 0.34 deadlocks on concurrent ones).
+//!
+//! No sled transactions or batches: in sled 0.34 each one takes a global write lock and writes
+//! (and `sync_file_range`s) the log buffer twice, i.e. two device writes per record — that was
+//! most of the engine's cost. A record spread over several keys is instead written under a
+//! striped in-process lock (this process is the store's only user), in an order whose every
+//! prefix is harmless: sled recovers a prefix of its log, so a crash can only leave index keys
+//! that point at nothing or at a record that moved on, and the readers check and drop those.
 
 use crate::appointment::Appointment;
 use crate::conversation::{Conversation, DeadLetter, OptOut, Reply};
@@ -27,11 +34,9 @@ use crate::message::{MessageStatus, OutboxEntry};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, oneshot};
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -123,6 +128,22 @@ struct Inner {
     /// Entries queued in the outbox (kept in step with the `q` keys, so health and metrics
     /// need not count them).
     queued: std::sync::atomic::AtomicI64,
+    /// Serializes read-modify-writes of one record (hashed by key); see the module doc.
+    stripes: Box<[Mutex<()>]>,
+}
+
+const STRIPES: usize = 64;
+
+impl Inner {
+    fn lock(&self, key: &[u8]) -> MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let stripe = &self.stripes[(h.finish() as usize) % self.stripes.len()];
+        // A panic while holding a stripe leaves no half-done sled state the next holder could
+        // not cope with (see the module doc), so a poisoned stripe is simply taken.
+        stripe.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 fn ms_key(t: DateTime<Utc>) -> [u8; 8] {
@@ -134,6 +155,10 @@ fn ms_from_key(bytes: &[u8]) -> Option<DateTime<Utc>> {
     let arr: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
     let ms = (u64::from_be_bytes(arr) as i128 + i64::MIN as i128) as i64;
     DateTime::from_timestamp_millis(ms)
+}
+
+fn queue_key(not_before: DateTime<Utc>, key: &str) -> Vec<u8> {
+    cat(&[b"q", &ms_key(not_before), key.as_bytes()])
 }
 
 fn mobile_key(mobile: &str, key: &str) -> Vec<u8> {
@@ -155,13 +180,6 @@ fn decode<T: DeserializeOwned>(tree: &'static str, key: &[u8], bytes: &[u8]) -> 
         key: String::from_utf8_lossy(key).into_owned(),
         message: e.to_string(),
     })
-}
-
-fn tx_err(e: TransactionError<StoreError>) -> StoreError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => StoreError::Io(e.to_string()),
-    }
 }
 
 impl Store {
@@ -220,9 +238,12 @@ impl Store {
             flush_tx,
             write_failing: AtomicBool::new(false),
             queued: std::sync::atomic::AtomicI64::new(0),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         });
-        let queued = inner.outbox.scan_prefix(b"q").count() as i64;
-        inner.queued.store(queued, Ordering::Relaxed);
+        let store = Store { inner };
+        let queued = store.sweep_queue()?;
+        store.inner.queued.store(queued, Ordering::Relaxed);
+        let inner = store.inner;
         // The flusher holds the store weakly, so dropping the last `Store` closes sled (and
         // releases its lock) at once, not whenever the flusher task next runs.
         tokio::spawn(flusher(flush_rx, Arc::downgrade(&inner)));
@@ -274,32 +295,33 @@ impl Store {
         change: impl Fn(Option<&Appointment>) -> Option<String>,
     ) -> Result<(Option<Appointment>, Option<String>)> {
         let i = &self.inner;
-        let (previous, pending) = (&i.appointments, &i.appt_start, &i.appt_pending)
-            .transaction(|(appointments, appt_start, appt_pending)| {
-                let previous = appointments.insert(appt.id.as_bytes(), to_vec(appt))?;
-                let previous: Option<Appointment> = match previous {
-                    Some(bytes) => Some(
-                        decode("appointments", appt.id.as_bytes(), &bytes)
-                            .map_err(ConflictableTransactionError::Abort)?,
-                    ),
-                    None => None,
-                };
-                if let Some(p) = &previous {
-                    appt_start.remove(cat(&[&ms_key(p.start_utc()), p.id.as_bytes()]))?;
-                }
-                appt_start.insert(cat(&[&ms_key(appt.start_utc()), appt.id.as_bytes()]), &[])?;
-                let pending = match change(previous.as_ref()) {
-                    Some(new) => {
-                        appt_pending.insert(appt.id.as_bytes(), new.as_bytes())?;
-                        Some(new)
-                    }
-                    None => appt_pending
-                        .get(appt.id.as_bytes())?
-                        .map(|v| String::from_utf8_lossy(&v).into_owned()),
-                };
-                Ok((previous, pending))
-            })
-            .map_err(tx_err)?;
+        let id = appt.id.as_bytes();
+        let _held = i.lock(id);
+        let previous: Option<Appointment> = match i.appointments.get(id)? {
+            Some(bytes) => Some(decode("appointments", id, &bytes)?),
+            None => None,
+        };
+        // The note first: a crash after it re-runs the reactions (which look at what is
+        // stored and are idempotent); a crash before it has not changed the appointment yet.
+        let pending = match change(previous.as_ref()) {
+            Some(new) => {
+                i.appt_pending.insert(id, new.as_bytes())?;
+                Some(new)
+            }
+            None => i
+                .appt_pending
+                .get(id)?
+                .map(|v| String::from_utf8_lossy(&v).into_owned()),
+        };
+        let new_start = cat(&[&ms_key(appt.start_utc()), id]);
+        i.appt_start.insert(new_start.as_slice(), &[])?;
+        i.appointments.insert(id, to_vec(appt))?;
+        if let Some(p) = &previous {
+            let old_start = cat(&[&ms_key(p.start_utc()), id]);
+            if old_start != new_start {
+                i.appt_start.remove(old_start)?;
+            }
+        }
         Ok((previous, pending))
     }
 
@@ -344,9 +366,13 @@ impl Store {
             .appt_start
             .range(ms_key(from).to_vec()..ms_key(to).to_vec())
             .filter_map(move |item| match item {
-                Ok((k, _)) => self
-                    .get_appointment(&String::from_utf8_lossy(&k[8..]))
-                    .transpose(),
+                // A key a crash left behind when the appointment moved points at an appointment
+                // that starts elsewhere now: skip it.
+                Ok((k, _)) => match self.get_appointment(&String::from_utf8_lossy(&k[8..])) {
+                    Ok(Some(a)) if k[..8] == ms_key(a.start_utc()) => Some(Ok(a)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                },
                 Err(e) => Some(Err(e.into())),
             })
     }
@@ -368,30 +394,25 @@ impl Store {
     /// Queues `entry` unless its key is already in the outbox. Returns whether it was added:
     /// a second attempt at the same occasion is a no-op.
     pub fn enqueue(&self, entry: &OutboxEntry) -> Result<bool> {
+        let i = &self.inner;
         let ekey = cat(&[b"e", entry.key.as_bytes()]);
-        let qkey = cat(&[b"q", &ms_key(entry.not_before), entry.key.as_bytes()]);
-        let value = to_vec(entry);
-        let added = self
-            .inner
-            .outbox
-            .transaction(|t| {
-                if t.get(&ekey)?.is_some() {
-                    return Ok(false);
-                }
-                t.insert(ekey.as_slice(), value.as_slice())?;
-                if entry.status == MessageStatus::Queued {
-                    t.insert(qkey.as_slice(), &[])?;
-                }
-                if let Some(mobile) = &entry.mobile {
-                    t.insert(mobile_key(mobile, &entry.key), &[])?;
-                }
-                Ok(true)
-            })
-            .map_err(tx_err)?;
-        if added && entry.status == MessageStatus::Queued {
-            self.inner.queued.fetch_add(1, Ordering::Relaxed);
+        let _held = i.lock(&ekey);
+        if i.outbox.contains_key(&ekey)? {
+            return Ok(false);
         }
-        Ok(added)
+        // Index keys before the entry: the entry is the commit point (see the module doc).
+        if entry.status == MessageStatus::Queued {
+            i.outbox
+                .insert(queue_key(entry.not_before, &entry.key), &[])?;
+        }
+        if let Some(mobile) = &entry.mobile {
+            i.outbox.insert(mobile_key(mobile, &entry.key), &[])?;
+        }
+        i.outbox.insert(ekey, to_vec(entry))?;
+        if entry.status == MessageStatus::Queued {
+            i.queued.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(true)
     }
 
     pub fn get_entry(&self, key: &str) -> Result<Option<OutboxEntry>> {
@@ -401,55 +422,90 @@ impl Store {
         }
     }
 
-    /// Applies `change` to the entry atomically (retried on conflict, so `change` must have no
-    /// side effects) and keeps the queue index in step. Returns the new entry, or `None` when
-    /// there is no such entry or `change` returned `false` (nothing written).
+    /// Applies `change` to the entry (one writer at a time per entry) and keeps the queue
+    /// and mobile indexes in step. Returns the new entry, or `None` when there is no such entry
+    /// or `change` returned `false` (nothing written).
     pub fn update_entry(
         &self,
         key: &str,
-        change: impl Fn(&mut OutboxEntry) -> bool,
+        change: impl FnOnce(&mut OutboxEntry) -> bool,
     ) -> Result<Option<OutboxEntry>> {
+        let i = &self.inner;
         let ekey = cat(&[b"e", key.as_bytes()]);
-        let changed = self
-            .inner
-            .outbox
-            .transaction(|t| {
-                let Some(bytes) = t.get(&ekey)? else {
-                    return Ok(None);
-                };
-                let old: OutboxEntry = decode("outbox", key.as_bytes(), &bytes)
-                    .map_err(ConflictableTransactionError::Abort)?;
-                let mut new = old.clone();
-                if !change(&mut new) {
-                    return Ok(None);
-                }
-                if old.status == MessageStatus::Queued {
-                    t.remove(cat(&[b"q", &ms_key(old.not_before), key.as_bytes()]))?;
-                }
-                if new.status == MessageStatus::Queued {
-                    t.insert(cat(&[b"q", &ms_key(new.not_before), key.as_bytes()]), &[])?;
-                }
-                if old.mobile != new.mobile {
-                    if let Some(m) = &old.mobile {
-                        t.remove(mobile_key(m, key))?;
-                    }
-                    if let Some(m) = &new.mobile {
-                        t.insert(mobile_key(m, key), &[])?;
-                    }
-                }
-                t.insert(ekey.as_slice(), to_vec(&new))?;
-                let was_queued = old.status == MessageStatus::Queued;
-                Ok(Some((was_queued, new)))
-            })
-            .map_err(tx_err)?;
-        Ok(changed.map(|(was_queued, new)| {
-            let is_queued = new.status == MessageStatus::Queued;
-            if was_queued != is_queued {
-                let delta = if is_queued { 1 } else { -1 };
-                self.inner.queued.fetch_add(delta, Ordering::Relaxed);
+        let _held = i.lock(&ekey);
+        let Some(bytes) = i.outbox.get(&ekey)? else {
+            return Ok(None);
+        };
+        let old: OutboxEntry = decode("outbox", key.as_bytes(), &bytes)?;
+        let mut new = old.clone();
+        if !change(&mut new) {
+            return Ok(None);
+        }
+        let was_queued = old.status == MessageStatus::Queued;
+        let is_queued = new.status == MessageStatus::Queued;
+        let old_q = was_queued.then(|| queue_key(old.not_before, key));
+        let new_q = is_queued.then(|| queue_key(new.not_before, key));
+        // New index keys, then the entry, then the old keys: every crash point leaves keys
+        // that the readers check against the entry.
+        if let Some(q) = &new_q {
+            if old_q.as_ref() != Some(q) {
+                i.outbox.insert(q.as_slice(), &[])?;
             }
-            new
-        }))
+        }
+        if old.mobile != new.mobile {
+            if let Some(m) = &new.mobile {
+                i.outbox.insert(mobile_key(m, key), &[])?;
+            }
+        }
+        i.outbox.insert(ekey, to_vec(&new))?;
+        if let Some(q) = old_q {
+            if new_q.as_ref() != Some(&q) {
+                i.outbox.remove(q)?;
+            }
+        }
+        if old.mobile != new.mobile {
+            if let Some(m) = &old.mobile {
+                i.outbox.remove(mobile_key(m, key))?;
+            }
+        }
+        if was_queued != is_queued {
+            let delta = if is_queued { 1 } else { -1 };
+            i.queued.fetch_add(delta, Ordering::Relaxed);
+        }
+        Ok(Some(new))
+    }
+
+    /// Whether queue key `k` (`q` ++ time ++ key) is current: its entry exists, is queued, and
+    /// is due at that time. A crash between the writes of [`Store::update_entry`] can leave a
+    /// key that is not.
+    fn queue_key_entry(&self, k: &[u8]) -> Result<Option<OutboxEntry>> {
+        let key = String::from_utf8_lossy(&k[9..]).into_owned();
+        Ok(self
+            .get_entry(&key)?
+            .filter(|e| e.status == MessageStatus::Queued && k[1..9] == ms_key(e.not_before)))
+    }
+
+    /// Removes queue key `k` if it is stale. Checked again under the entry's lock: unlocked,
+    /// the key may be one an `update_entry` has written and not yet followed with its entry.
+    fn drop_if_stale(&self, k: &[u8]) -> Result<bool> {
+        let _held = self.inner.lock(&cat(&[b"e", &k[9..]]));
+        if self.queue_key_entry(k)?.is_some() {
+            return Ok(false);
+        }
+        self.inner.outbox.remove(k)?;
+        Ok(true)
+    }
+
+    /// Drops queue keys a crash left stale and counts the queued entries (at open).
+    fn sweep_queue(&self) -> Result<i64> {
+        let mut queued = 0;
+        for item in self.inner.outbox.scan_prefix(b"q") {
+            let (k, _) = item?;
+            if !self.drop_if_stale(&k)? {
+                queued += 1;
+            }
+        }
+        Ok(queued)
     }
 
     /// Queued entries due at or before `now`, earliest first, at most `limit`.
@@ -461,10 +517,15 @@ impl Store {
                 break;
             }
             let (k, _) = item?;
-            let key = String::from_utf8_lossy(&k[9..]).into_owned();
-            if let Some(e) = self.get_entry(&key)? {
-                if e.status == MessageStatus::Queued {
-                    out.push(e);
+            match self.queue_key_entry(&k)? {
+                Some(e) => out.push(e),
+                // Stale (see `queue_key_entry`): drop it, or `next_outbox_due` keeps naming it.
+                None => {
+                    if !self.drop_if_stale(&k)? {
+                        if let Some(e) = self.queue_key_entry(&k)? {
+                            out.push(e);
+                        }
+                    }
                 }
             }
         }
@@ -602,27 +663,23 @@ impl Store {
         }
     }
 
-    /// Read-modify-write of one conversation, atomic against other writers (retried on
-    /// conflict, so `change` must have no side effects). Creates it when absent.
+    /// Read-modify-write of one conversation, one writer at a time. Creates it when absent.
     pub fn update_conversation(
         &self,
         custom_field: &str,
         now: DateTime<Utc>,
-        change: impl Fn(&mut Conversation),
+        change: impl FnOnce(&mut Conversation),
     ) -> Result<Conversation> {
-        self.inner
-            .conversations
-            .transaction(|t| {
-                let mut conv = match t.get(custom_field)? {
-                    Some(bytes) => decode("conversations", custom_field.as_bytes(), &bytes)
-                        .map_err(ConflictableTransactionError::Abort)?,
-                    None => Conversation::new(custom_field, now),
-                };
-                change(&mut conv);
-                t.insert(custom_field.as_bytes(), to_vec(&conv))?;
-                Ok(conv)
-            })
-            .map_err(tx_err)
+        let i = &self.inner;
+        let _held = i.lock(custom_field.as_bytes());
+        let mut conv = match i.conversations.get(custom_field)? {
+            Some(bytes) => decode("conversations", custom_field.as_bytes(), &bytes)?,
+            None => Conversation::new(custom_field, now),
+        };
+        change(&mut conv);
+        i.conversations
+            .insert(custom_field.as_bytes(), to_vec(&conv))?;
+        Ok(conv)
     }
 
     // ---- opt-outs ------------------------------------------------------------------
@@ -759,34 +816,45 @@ impl Store {
 
     // ---- due queue -----------------------------------------------------------------
 
-    /// Plans `entry` (replacing any plan with the same key).
+    /// Plans `entry` (replacing any plan with the same key). `due_keys` is the truth: the
+    /// entry under its time is written first, the old one removed last.
     pub fn schedule_due(&self, entry: &DueEntry) -> Result<()> {
         let i = &self.inner;
-        (&i.due, &i.due_keys)
-            .transaction(|(due, due_keys)| {
-                if let Some(old) = due_keys.get(entry.key.as_bytes())? {
-                    due.remove(cat(&[&old, entry.key.as_bytes()]))?;
-                }
-                let at = ms_key(entry.due_at);
-                due.insert(cat(&[&at, entry.key.as_bytes()]), to_vec(entry))?;
-                due_keys.insert(entry.key.as_bytes(), &at)?;
-                Ok(())
-            })
-            .map_err(tx_err)
+        let key = entry.key.as_bytes();
+        let _held = i.lock(&cat(&[b"d", key]));
+        let at = ms_key(entry.due_at);
+        let old = i.due_keys.get(key)?;
+        i.due.insert(cat(&[&at, key]), to_vec(entry))?;
+        i.due_keys.insert(key, &at)?;
+        if let Some(old) = old {
+            if old.as_ref() != at {
+                i.due.remove(cat(&[&old, key]))?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes the plan with this key; returns whether there was one.
     pub fn cancel_due(&self, key: &str) -> Result<bool> {
         let i = &self.inner;
-        (&i.due, &i.due_keys)
-            .transaction(|(due, due_keys)| {
-                let Some(old) = due_keys.remove(key.as_bytes())? else {
-                    return Ok(false);
-                };
-                due.remove(cat(&[&old, key.as_bytes()]))?;
-                Ok(true)
-            })
-            .map_err(tx_err)
+        let _held = i.lock(&cat(&[b"d", key.as_bytes()]));
+        let Some(old) = i.due_keys.remove(key.as_bytes())? else {
+            return Ok(false);
+        };
+        i.due.remove(cat(&[&old, key.as_bytes()]))?;
+        Ok(true)
+    }
+
+    /// Whether due-queue key `k` (time ++ key) is the plan `due_keys` names, checked under the
+    /// plan's lock; a stale one (a crash cut a reschedule or cancel short) is removed.
+    fn due_key_current(&self, k: &[u8]) -> Result<bool> {
+        let key = &k[8..];
+        let _held = self.inner.lock(&cat(&[b"d", key]));
+        let current = self.inner.due_keys.get(key)?.is_some_and(|at| at == k[..8]);
+        if !current {
+            self.inner.due.remove(k)?;
+        }
+        Ok(current)
     }
 
     /// Planned entries whose key starts with `prefix` (e.g. every plan of one appointment).
@@ -810,7 +878,9 @@ impl Store {
                 break;
             }
             let (k, v) = item?;
-            out.push(decode("due", &k, &v)?);
+            if k.len() > 8 && self.due_key_current(&k)? {
+                out.push(decode("due", &k, &v)?);
+            }
         }
         Ok(out)
     }
@@ -918,6 +988,82 @@ mod tests {
         drop(store);
         let reopened = Store::open(dir.path()).unwrap();
         assert_eq!(reopened.outbox_depth(), 3, "counted again at open");
+    }
+
+    /// What a crash between the writes of one record can leave (see the module doc) is
+    /// ignored and cleaned by the readers, and counted right at open.
+    #[tokio::test]
+    async fn keys_a_crash_left_stale_are_ignored_and_dropped() {
+        use crate::message::{OutboxEntry, OutboxKind};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let earlier = now - chrono::Duration::hours(1);
+        let e = OutboxEntry::queued("k".into(), OutboxKind::Send, "r", 0, now);
+        store.enqueue(&e).unwrap();
+        store
+            .update_entry("k", |e| {
+                e.status = MessageStatus::Sending;
+                true
+            })
+            .unwrap();
+        // Cut short after the new queue key (a retry re-queueing it an hour earlier) ...
+        store
+            .inner
+            .outbox
+            .insert(queue_key(earlier, "k"), &[])
+            .unwrap();
+        // ... and an orphan key whose entry was never written.
+        store
+            .inner
+            .outbox
+            .insert(queue_key(earlier, "gone"), &[])
+            .unwrap();
+        assert!(store.due_outbox(now, 10).unwrap().is_empty());
+        assert_eq!(store.next_outbox_due().unwrap(), None, "stale keys dropped");
+
+        // A cancelled plan whose entry under its time survived, and a moved plan.
+        let plan = |key: &str, at| DueEntry {
+            key: key.into(),
+            due_at: at,
+            rule: "r".into(),
+            appointment_id: None,
+            appointment_start: None,
+            context: serde_json::Value::Null,
+            custom_field: None,
+        };
+        store.schedule_due(&plan("a", earlier)).unwrap();
+        store.inner.due_keys.remove("a").unwrap();
+        store.schedule_due(&plan("b", earlier)).unwrap();
+        store
+            .inner
+            .due
+            .insert(
+                cat(&[&ms_key(earlier - chrono::Duration::hours(1)), b"b"]),
+                to_vec(&plan("b", earlier)),
+            )
+            .unwrap();
+        let due: Vec<String> = store
+            .due_until(now, 10)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.key)
+            .collect();
+        assert_eq!(due, ["b"], "only the plan `due_keys` names");
+        assert_eq!(store.next_due().unwrap(), Some(earlier));
+
+        // Counted at open: a stale key left in the queue does not count.
+        store
+            .inner
+            .outbox
+            .insert(queue_key(earlier, "gone"), &[])
+            .unwrap();
+        let queued = OutboxEntry::queued("q".into(), OutboxKind::Send, "r", 0, now);
+        store.enqueue(&queued).unwrap();
+        drop(store);
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(reopened.outbox_depth(), 1);
+        assert_eq!(reopened.inner.outbox.scan_prefix(b"q").count(), 1);
     }
 
     #[tokio::test]
