@@ -13,8 +13,36 @@ use rand::Rng;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+
+/// Paces sends to at most `rate_per_second` started per second.
+struct Pacer {
+    interval: Duration,
+    next_slot: Option<Instant>,
+}
+
+/// How far the send schedule may run ahead of the clock before the dispatcher waits. The
+/// timer sleeps whole milliseconds, so waiting out every sub-millisecond slot would cap any
+/// rate at about 1,000/s; this lets at most 1 ms worth of sends start early, never more.
+const RATE_SLACK: Duration = Duration::from_millis(1);
+
+impl Pacer {
+    fn new(rate_per_second: u32) -> Pacer {
+        Pacer {
+            interval: Duration::from_secs_f64(1.0 / f64::from(rate_per_second.max(1))),
+            next_slot: None,
+        }
+    }
+
+    /// Takes the next slot for a send about to start at `now`; returns when to start it if
+    /// that is not now.
+    fn admit(&mut self, now: Instant) -> Option<Instant> {
+        let slot = self.next_slot.map_or(now, |s| s.max(now));
+        self.next_slot = Some(slot + self.interval);
+        (slot > now + RATE_SLACK).then_some(slot)
+    }
+}
 
 /// Whether the dispatcher sends.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -84,8 +112,7 @@ impl Engine {
         let mut shutdown = self.shutdown_signal();
         let permits = Arc::new(Semaphore::new(self.config.provider.concurrency));
         let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
-        let interval = Duration::from_secs_f64(1.0 / self.config.provider.rate_per_second as f64);
-        let mut next_slot = tokio::time::Instant::now();
+        let mut pacer = Pacer::new(self.config.provider.rate_per_second);
         loop {
             if *shutdown.borrow() {
                 break;
@@ -139,12 +166,9 @@ impl Engine {
                     break;
                 };
                 if entry.is_send() {
-                    // Rate: at most `rate_per_second` sends started per second.
-                    let now_i = tokio::time::Instant::now();
-                    if next_slot > now_i {
-                        tokio::time::sleep_until(next_slot).await;
+                    if let Some(at) = pacer.admit(tokio::time::Instant::now().into_std()) {
+                        tokio::time::sleep_until(at.into()).await;
                     }
-                    next_slot = next_slot.max(now_i) + interval;
                 }
                 in_flight
                     .lock()
@@ -688,4 +712,44 @@ fn without_url(e: &reqwest::Error) -> String {
         text = text.replace(url.as_str(), "<endpoint>");
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Starts sends as fast as the pacer lets them through one simulated second.
+    /// Returns `(sends started, waits)`.
+    fn started_in_a_second(rate: u32) -> (usize, usize) {
+        let mut pacer = Pacer::new(rate);
+        let t0 = Instant::now();
+        let mut now = t0;
+        let (mut started, mut waits) = (0, 0);
+        while now < t0 + Duration::from_secs(1) {
+            if let Some(at) = pacer.admit(now) {
+                waits += 1;
+                now = at;
+                if now >= t0 + Duration::from_secs(1) {
+                    break;
+                }
+            }
+            started += 1;
+        }
+        (started, waits)
+    }
+
+    #[test]
+    fn the_pacer_holds_the_rate_and_lets_a_high_one_through() {
+        for rate in [10, 500, 2_000, 100_000] {
+            let (started, waits) = started_in_a_second(rate);
+            let allowed = rate as usize + rate as usize / 1000 + 1;
+            assert!(
+                started >= rate as usize && started <= allowed,
+                "rate {rate}: {started} started in a second"
+            );
+            // Each wait is a timer sleep of at least a millisecond: one per slot would cap
+            // the rate near 1,000/s whatever the config says.
+            assert!(waits <= 1_001, "rate {rate}: {waits} waits in a second");
+        }
+    }
 }

@@ -86,6 +86,10 @@ pub struct EngineInner {
     dispatch_wake: Notify,
     /// Wakes the scheduler (new plans, reload).
     schedule_wake: Notify,
+    /// When the sleeping scheduler wakes next (ms since the epoch; `i64::MIN` while it
+    /// ticks): a plan due later needs no wake-up, so a send's 4-hour no-reply timer does not
+    /// cost a scheduler tick.
+    planned_wake_ms: std::sync::atomic::AtomicI64,
     dispatch_state: Mutex<DispatchState>,
     last_balance: Mutex<Option<i64>>,
     /// Why the balance is low, while it is (health shows it).
@@ -147,6 +151,7 @@ impl Engine {
                 inbox_wake: Notify::new(),
                 dispatch_wake: Notify::new(),
                 schedule_wake: Notify::new(),
+                planned_wake_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
                 dispatch_state: Mutex::new(DispatchState::Running),
                 last_balance: Mutex::new(None),
                 balance_low: Mutex::new(None),

@@ -75,9 +75,17 @@ impl Engine {
                 context: serde_json::Value::Null,
                 custom_field: None,
             })?;
+            self.wake_scheduler_for(due_at);
         }
-        self.schedule_wake.notify_one();
         Ok(())
+    }
+
+    /// Wakes the scheduler if `due_at` is before its planned wake-up.
+    fn wake_scheduler_for(&self, due_at: DateTime<Utc>) {
+        use std::sync::atomic::Ordering;
+        if due_at.timestamp_millis() < self.planned_wake_ms.load(Ordering::Acquire) {
+            self.schedule_wake.notify_one();
+        }
     }
 
     /// Re-plans every upcoming appointment (after a rules reload).
@@ -115,10 +123,10 @@ impl Engine {
                         context: json!({"message": {"id": entry.message_id, "rule": entry.rule, "template": entry.template_id, "status": entry.status.as_str()}, "source_key": entry.key}),
                         custom_field: Some(cf.clone()),
                     })?;
+                    self.wake_scheduler_for(now + after);
                 }
             }
         }
-        self.schedule_wake.notify_one();
         Ok(())
     }
 
@@ -150,7 +158,9 @@ impl Engine {
         let fired = tokio::task::spawn_blocking(move || engine.fire_due_and_cron(now))
             .await
             .map_err(|e| EngineError::Invalid(format!("the scheduler's work panicked: {e}")))??;
-        self.store.durable().await?;
+        if fired > 0 {
+            self.store.durable().await?;
+        }
         self.mark_scheduled_through(now);
         Ok(fired)
     }
@@ -378,6 +388,10 @@ impl Engine {
     pub(crate) async fn run_scheduler(&self) {
         let mut shutdown = self.shutdown_signal();
         loop {
+            // From here until the wake-up is planned again, every new plan wakes it (a
+            // `Notify` permit is kept), so none can slip between the scan and the sleep.
+            self.planned_wake_ms
+                .store(i64::MIN, std::sync::atomic::Ordering::Release);
             let ticked_at = self.clock.now();
             if let Err(e) = self.tick_at(ticked_at).await {
                 tracing::error!(error = %e, "scheduler tick failed; retrying shortly");
@@ -394,6 +408,10 @@ impl Engine {
             }
             // Nothing falls due before `wake_at`, so everything up to now is handled.
             self.mark_scheduled_through(current);
+            self.planned_wake_ms.store(
+                wake_at.timestamp_millis(),
+                std::sync::atomic::Ordering::Release,
+            );
             tokio::select! {
                 _ = self.clock.sleep_until(wake_at) => {}
                 _ = self.schedule_wake.notified() => {}

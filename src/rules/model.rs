@@ -66,6 +66,8 @@ pub struct CronTrigger {
     pub normalized: String,
     /// Grace for catching up a slot missed while the engine was down.
     pub catch_up: Duration,
+    /// `normalized`, parsed once at load (the scheduler asks for the next slot on every tick).
+    pub parsed: Option<croner::Cron>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -417,7 +417,7 @@ impl CronTrigger {
     /// cron semantics (seconds field, day-of-month AND day-of-week). `None` when the expression
     /// never fires again (or, which the loader prevents, does not parse).
     pub fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
-        let cron = load::parse_cron(&self.normalized).ok()?;
+        let cron = self.parsed.as_ref()?;
         // Slots are whole seconds; croner would carry a fraction through to the answer.
         let after = after.with_nanosecond(0).unwrap_or(after);
         cron.find_next_occurrence(&after.with_timezone(&tz), false)
