@@ -239,12 +239,12 @@ impl Engine {
     fn on_status(&self, event: StatusEvent, raw: &[u8]) -> Result<(), EngineError> {
         Counters::bump(&self.counters.status_events);
         let now = self.clock.now();
-        let Some(entry) = self.store.entry_by_message_id(event.message_id.as_str())? else {
+        let Some(key) = self.store.message_key(event.message_id.as_str())? else {
             // The send's answer may not be stored yet: keep the event, apply it when it is.
             self.store.park_orphan(event.message_id.as_str(), raw)?;
             return Ok(());
         };
-        self.apply_status(&entry.key, &event, now)
+        self.apply_status(&key, &event, now)
     }
 
     /// Applies a delivery event to the message with outbox key `key`, and runs `status` rules

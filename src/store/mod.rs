@@ -581,10 +581,19 @@ impl Store {
     }
 
     pub fn entry_by_message_id(&self, message_id: &str) -> Result<Option<OutboxEntry>> {
-        match self.inner.msgid.get(message_id)? {
-            Some(key) => self.get_entry(&String::from_utf8_lossy(&key)),
+        match self.message_key(message_id)? {
+            Some(key) => self.get_entry(&key),
             None => Ok(None),
         }
+    }
+
+    /// The outbox key of the message the provider calls `message_id` (nothing decoded).
+    pub fn message_key(&self, message_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .inner
+            .msgid
+            .get(message_id)?
+            .map(|key| String::from_utf8_lossy(&key).into_owned()))
     }
 
     // ---- orphan delivery events --------------------------------------------------------

@@ -547,3 +547,79 @@ fn the_reply_index_routes_exactly_as_trying_each_rule_in_order() {
     }
     assert_eq!(compared, texts.len() * fields.len() * states.len());
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// The prefix index (anchored keyword patterns), the `RegexSet` for the rest and the
+    /// non-ASCII fallback together route exactly as trying each rule in order.
+    #[test]
+    fn the_prefix_index_routes_like_the_linear_scan(
+        picks in proptest::collection::vec((0usize..PATTERNS.len(), 0usize..3), 1..24),
+        texts in proptest::collection::vec((0usize..WORDS.len(), 0usize..WORDS.len(), 0usize..3), 1..24),
+    ) {
+        let mut yaml = String::from("rules:\n");
+        for (i, (p, cf)) in picks.iter().enumerate() {
+            let cf = ["", "custom_field: \"cita-*\", ", "custom_field: \"encuesta-*\", "][*cf];
+            yaml.push_str(&format!(
+                "  - name: r{i}\n    trigger:\n      reply: {{{cf}text: {:?}}}\n    actions:\n      - set_state: s{i}\n",
+                PATTERNS[*p]
+            ));
+        }
+        let set = recuerda::bench::fixtures::rule_set(&yaml).unwrap();
+        proptest::prop_assert!(set.reply_index.is_indexed());
+        for (a, b, cf) in texts {
+            let text = match cf { 0 => WORDS[a].to_string(), _ => format!("{} {}", WORDS[a], WORDS[b]) };
+            let cf = [None, Some("cita-1"), Some("encuesta-1")][cf];
+            let linear = set.reply_rules().find(|(_, t)| t.matches(cf, &text, None)).map(|(r, _)| r.name.clone());
+            let indexed = set.match_reply(cf, &text, None).map(|r| r.name.clone());
+            proptest::prop_assert_eq!(indexed, linear, "text {:?}, custom_field {:?}\n{}", text, cf, yaml);
+        }
+    }
+}
+
+/// Reply patterns of every kind the index sorts: anchored keywords (short, long, sharing a
+/// prefix, upper case), classes, non-ASCII literals, unanchored, line-anchored, optional.
+const PATTERNS: &[&str] = &[
+    r"^(1|si|confirmo)\b",
+    r"^(2|no|cancelo)\b",
+    r"^sin\b",
+    r"^SI$",
+    r"^reprogramacion",
+    r"^reprogramar\b",
+    r"^[1-5]$",
+    r"^(sí|claro)",
+    r"baja",
+    r"(?m)^ayuda",
+    r"^\s*3",
+    r"^(ok)?$",
+    r"^kelvin",
+];
+
+const WORDS: &[&str] = &[
+    "1",
+    "2",
+    "3",
+    "10",
+    "si",
+    "SI",
+    "Sí",
+    "sin",
+    "no",
+    "NO",
+    "confirmo",
+    "Cancelo",
+    "reprogramacion",
+    "reprogramar",
+    "reprogramaciones",
+    "claro",
+    "BAJA",
+    "ayuda",
+    "ok",
+    "",
+    "hola",
+    "\u{212A}elvin",
+    "kelvin",
+    "5",
+    "6",
+];
