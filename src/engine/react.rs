@@ -148,7 +148,9 @@ impl Engine {
                 return Ok(());
             }
         }
-        self.store.put_reply(&reply)?;
+        // The reply is written once, with its outcome, below. A crash before that replays the
+        // event, and the sighting (which names this reply) keeps it from being taken for a
+        // duplicate of itself.
 
         // Opt-out keywords are handled before any rule.
         let keyword = normalize_keyword(&text);
