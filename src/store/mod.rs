@@ -987,6 +987,16 @@ async fn flusher(
 mod tests {
     use super::*;
 
+    fn set_status(store: &Store, key: &str, status: MessageStatus) {
+        let updated = store
+            .update_entry(key, |e| {
+                e.status = status;
+                true
+            })
+            .unwrap();
+        assert!(updated.is_some(), "no entry `{key}`");
+    }
+
     #[tokio::test]
     async fn the_queue_counter_stays_in_step_with_the_queue() {
         use crate::message::{OutboxEntry, OutboxKind};
@@ -1003,12 +1013,7 @@ mod tests {
         }
         let scan = |s: &Store| s.inner.outbox.scan_prefix(b"q").count();
         assert_eq!((store.outbox_depth(), scan(&store)), (3, 3));
-        store
-            .update_entry("k0", |e| {
-                e.status = MessageStatus::Sending;
-                true
-            })
-            .unwrap();
+        set_status(&store, "k0", MessageStatus::Sending);
         store
             .update_entry("k1", |e| {
                 e.not_before = now + chrono::Duration::hours(1);
@@ -1017,12 +1022,7 @@ mod tests {
             .unwrap();
         store.update_entry("k2", |_| false).unwrap();
         assert_eq!((store.outbox_depth(), scan(&store)), (2, 2));
-        store
-            .update_entry("k0", |e| {
-                e.status = MessageStatus::Queued;
-                true
-            })
-            .unwrap();
+        set_status(&store, "k0", MessageStatus::Queued);
         assert_eq!((store.outbox_depth(), scan(&store)), (3, 3));
         drop(store);
         let reopened = Store::open(dir.path()).unwrap();
@@ -1040,12 +1040,7 @@ mod tests {
         let earlier = now - chrono::Duration::hours(1);
         let e = OutboxEntry::queued("k".into(), OutboxKind::Send, "r", 0, now);
         store.enqueue(&e).unwrap();
-        store
-            .update_entry("k", |e| {
-                e.status = MessageStatus::Sending;
-                true
-            })
-            .unwrap();
+        set_status(&store, "k", MessageStatus::Sending);
         // Cut short after the new queue key (a retry re-queueing it an hour earlier) ...
         store
             .inner
