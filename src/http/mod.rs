@@ -120,6 +120,9 @@ async fn not_found() -> ApiError {
 
 /// Logs each request with its path redacted where it is a secret (`/webhook/***`).
 async fn log_request(req: Request, next: Next) -> Response {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return next.run(req).await;
+    }
     let method = req.method().clone();
     let path = redact_path(req.uri().path());
     let started = std::time::Instant::now();

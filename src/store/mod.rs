@@ -456,14 +456,16 @@ impl Store {
         let Some(bytes) = i.outbox.get(&ekey)? else {
             return Ok(None);
         };
-        let old: OutboxEntry = decode("outbox", key.as_bytes(), &bytes)?;
-        let mut new = old.clone();
+        let mut new: OutboxEntry = decode("outbox", key.as_bytes(), &bytes)?;
+        // Only what the indexes depend on is kept from before the change.
+        let (old_status, old_not_before, old_mobile) =
+            (new.status, new.not_before, new.mobile.clone());
         if !change(&mut new) {
             return Ok(None);
         }
-        let was_queued = old.status == MessageStatus::Queued;
+        let was_queued = old_status == MessageStatus::Queued;
         let is_queued = new.status == MessageStatus::Queued;
-        let old_q = was_queued.then(|| queue_key(old.not_before, key));
+        let old_q = was_queued.then(|| queue_key(old_not_before, key));
         let new_q = is_queued.then(|| queue_key(new.not_before, key));
         // New index keys, then the entry, then the old keys: every crash point leaves keys
         // that the readers check against the entry.
@@ -472,7 +474,7 @@ impl Store {
                 i.outbox.insert(q.as_slice(), &[])?;
             }
         }
-        if old.mobile != new.mobile {
+        if old_mobile != new.mobile {
             if let Some(m) = &new.mobile {
                 i.outbox.insert(mobile_key(m, key), &[])?;
             }
@@ -483,8 +485,8 @@ impl Store {
                 i.outbox.remove(q)?;
             }
         }
-        if old.mobile != new.mobile {
-            if let Some(m) = &old.mobile {
+        if old_mobile != new.mobile {
+            if let Some(m) = &old_mobile {
                 i.outbox.remove(mobile_key(m, key))?;
             }
         }
