@@ -1130,6 +1130,99 @@ mod tests {
         assert_eq!(reopened.rule_last("other").unwrap(), None);
     }
 
+    /// Writers of the same entries on many threads, and the dispatcher's reader dropping
+    /// keys it finds stale, leave exactly one queue key per queued entry and the counter right.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_keep_the_queue_index_exact() {
+        use crate::message::{OutboxEntry, OutboxKind};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let keys: Vec<String> = (0..3).map(|i| format!("k{i}")).collect();
+        std::thread::scope(|scope| {
+            for worker in 0..8u64 {
+                let (store, keys) = (&store, &keys);
+                scope.spawn(move || {
+                    let mut x = worker + 1;
+                    for _ in 0..2_000 {
+                        // xorshift: a cheap, repeatable stream of choices per worker.
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let key = &keys[(x % keys.len() as u64) as usize];
+                        let at = t0 + chrono::Duration::seconds((x % 5) as i64);
+                        match x % 4 {
+                            0 => {
+                                let e =
+                                    OutboxEntry::queued(key.clone(), OutboxKind::Send, "r", 0, at);
+                                store.enqueue(&e).unwrap();
+                            }
+                            1 => {
+                                store
+                                    .update_entry(key, |e| {
+                                        e.status = if e.status == MessageStatus::Queued {
+                                            MessageStatus::Sending
+                                        } else {
+                                            MessageStatus::Queued
+                                        };
+                                        true
+                                    })
+                                    .unwrap();
+                            }
+                            2 => {
+                                store
+                                    .update_entry(key, |e| {
+                                        e.not_before = at;
+                                        e.mobile = Some(format!("57300{}", x % 3));
+                                        true
+                                    })
+                                    .unwrap();
+                            }
+                            _ => {
+                                store
+                                    .due_outbox(t0 + chrono::Duration::hours(1), 64)
+                                    .unwrap();
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let mut queued = 0;
+        for key in &keys {
+            let Some(e) = store.get_entry(key).unwrap() else {
+                continue;
+            };
+            let q_keys: Vec<_> = store
+                .inner
+                .outbox
+                .scan_prefix(b"q")
+                .filter_map(|kv| kv.ok())
+                .filter(|(k, _)| &k[9..] == key.as_bytes())
+                .map(|(k, _)| k.to_vec())
+                .collect();
+            if e.status == MessageStatus::Queued {
+                queued += 1;
+                assert_eq!(q_keys, vec![queue_key(e.not_before, key)], "{key}");
+            } else {
+                assert!(
+                    q_keys.is_empty(),
+                    "{key} is {:?} but queued under {q_keys:?}",
+                    e.status
+                );
+            }
+            let by_mobile: Vec<_> = store
+                .inner
+                .outbox
+                .scan_prefix(b"m")
+                .filter_map(|kv| kv.ok())
+                .filter(|(k, _)| k.ends_with(&cat(&[&[0], key.as_bytes()])))
+                .collect();
+            assert_eq!(by_mobile.len(), usize::from(e.mobile.is_some()), "{key}");
+        }
+        assert_eq!(store.outbox_depth(), queued);
+    }
+
     #[tokio::test]
     async fn reply_sightings_tell_duplicates_from_replays() {
         let dir = tempfile::tempdir().unwrap();
