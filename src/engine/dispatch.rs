@@ -80,9 +80,8 @@ impl Engine {
         let resend = self.config.provider.resend_unknown;
         let in_flight: Vec<String> = self
             .store
-            .outbox_entries()
+            .in_flight_entries()
             .filter_map(|e| e.ok())
-            .filter(|e| e.status == MessageStatus::Sending)
             .map(|e| e.key)
             .collect();
         for key in in_flight {

@@ -5,7 +5,9 @@
 //! - `meta`: `format_version`, `cron/<rule>` → last slot handled (RFC 3339)
 //! - `appointments`: id → [`Appointment`]; `appt_start`: start_ms ++ id → ();
 //!   `appt_pending`: id → change (`created`, …) whose reactions are not yet all written
-//! - `outbox`: `e` ++ key → [`OutboxEntry`]; `q` ++ not_before_ms ++ key → () for queued entries;
+//! - `outbox`: `e` ++ key → [`OutboxEntry`]; `q` ++ not_before_ms ++ key → () for pending
+//!   entries (queued, or `sending`: in flight, so start-up finds them without reading the
+//!   whole outbox);
 //!   `m` ++ mobile ++ 0 ++ key → () (messages by patient)
 //! - `msgid`: provider messageId → outbox key
 //! - `conversations`: custom_field → [`Conversation`]
@@ -173,6 +175,11 @@ fn ms_from_key(bytes: &[u8]) -> Option<DateTime<Utc>> {
     let arr: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
     let ms = (u64::from_be_bytes(arr) as i128 + i64::MIN as i128) as i64;
     DateTime::from_timestamp_millis(ms)
+}
+
+/// Queued or in flight: the entries the `q` index holds.
+fn is_pending(status: MessageStatus) -> bool {
+    matches!(status, MessageStatus::Queued | MessageStatus::Sending)
 }
 
 fn queue_key(not_before: DateTime<Utc>, key: &str) -> Vec<u8> {
@@ -466,8 +473,9 @@ impl Store {
         }
         let was_queued = old_status == MessageStatus::Queued;
         let is_queued = new.status == MessageStatus::Queued;
-        let old_q = was_queued.then(|| queue_key(old_not_before, key));
-        let new_q = is_queued.then(|| queue_key(new.not_before, key));
+        // Marking an entry `sending` keeps its key: no index write on the way out.
+        let old_q = is_pending(old_status).then(|| queue_key(old_not_before, key));
+        let new_q = is_pending(new.status).then(|| queue_key(new.not_before, key));
         // New index keys, then the entry, then the old keys: every crash point leaves keys
         // that the readers check against the entry.
         if let Some(q) = &new_q {
@@ -498,14 +506,49 @@ impl Store {
         Ok(Some(new))
     }
 
-    /// Whether queue key `k` (`q` ++ time ++ key) is current: its entry exists, is queued, and
-    /// is due at that time. A crash between the writes of [`Store::update_entry`] can leave a
-    /// key that is not.
+    /// Whether queue key `k` (`q` ++ time ++ key) is current: its entry exists, is pending
+    /// (queued or in flight), and is due at that time. A crash between the writes of
+    /// [`Store::update_entry`] can leave a key that is not.
     fn queue_key_entry(&self, k: &[u8]) -> Result<Option<OutboxEntry>> {
         let key = String::from_utf8_lossy(&k[9..]).into_owned();
         Ok(self
             .get_entry(&key)?
-            .filter(|e| e.status == MessageStatus::Queued && k[1..9] == ms_key(e.not_before)))
+            .filter(|e| is_pending(e.status) && k[1..9] == ms_key(e.not_before)))
+    }
+
+    /// The pending entries at or before `until` (all with `None`), earliest first, stale keys
+    /// dropped on the way.
+    fn pending_entries(
+        &self,
+        until: Option<DateTime<Utc>>,
+    ) -> impl Iterator<Item = Result<OutboxEntry>> + '_ {
+        let end = until.map_or_else(|| b"r".to_vec(), |t| cat(&[b"q", &ms_key(t), &[0xff]]));
+        self.inner
+            .outbox
+            .range(b"q".to_vec()..end)
+            .filter_map(move |item| {
+                let k = match item {
+                    Ok((k, _)) => k,
+                    Err(e) => return Some(Err(e.into())),
+                };
+                match self.queue_key_entry(&k) {
+                    Ok(Some(e)) => Some(Ok(e)),
+                    // Stale (see `queue_key_entry`): drop it, or `next_outbox_due` keeps
+                    // naming it.
+                    Ok(None) => match self.drop_if_stale(&k) {
+                        Ok(true) => None,
+                        Ok(false) => self.queue_key_entry(&k).transpose(),
+                        Err(e) => Some(Err(e)),
+                    },
+                    Err(e) => Some(Err(e)),
+                }
+            })
+    }
+
+    /// Entries left `sending`: in flight now, or cut short by a crash when read at start-up.
+    pub fn in_flight_entries(&self) -> impl Iterator<Item = Result<OutboxEntry>> + '_ {
+        self.pending_entries(None)
+            .filter(|e| !matches!(e, Ok(e) if e.status != MessageStatus::Sending))
     }
 
     /// Removes queue key `k` if it is stale. Checked again under the entry's lock: unlocked,
@@ -522,48 +565,33 @@ impl Store {
     /// Drops queue keys a crash left stale and counts the queued entries (at open).
     fn sweep_queue(&self) -> Result<i64> {
         let mut queued = 0;
-        for item in self.inner.outbox.scan_prefix(b"q") {
-            let (k, _) = item?;
-            if !self.drop_if_stale(&k)? {
+        for entry in self.pending_entries(None) {
+            if entry?.status == MessageStatus::Queued {
                 queued += 1;
             }
         }
         Ok(queued)
     }
 
-    /// Queued entries due at or before `now`, earliest first, at most `limit`.
+    /// Queued entries due at or before `now`, earliest first, at most `limit` (entries in
+    /// flight are passed over).
     pub fn due_outbox(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<OutboxEntry>> {
-        let mut out = Vec::new();
-        let end = cat(&[b"q", &ms_key(now), &[0xff]]);
-        for item in self.inner.outbox.range(b"q".to_vec()..end) {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, _) = item?;
-            match self.queue_key_entry(&k)? {
-                Some(e) => out.push(e),
-                // Stale (see `queue_key_entry`): drop it, or `next_outbox_due` keeps naming it.
-                None => {
-                    if !self.drop_if_stale(&k)? {
-                        if let Some(e) = self.queue_key_entry(&k)? {
-                            out.push(e);
-                        }
-                    }
-                }
-            }
-        }
-        Ok(out)
+        self.pending_entries(Some(now))
+            .filter(|e| !matches!(e, Ok(e) if e.status != MessageStatus::Queued))
+            .take(limit)
+            .collect()
     }
 
-    /// When the next queued entry falls due, if any.
+    /// When the next queued entry falls due, if any (entries in flight are passed over: at
+    /// most the dispatcher's concurrency of them).
     pub fn next_outbox_due(&self) -> Result<Option<DateTime<Utc>>> {
-        match self.inner.outbox.scan_prefix(b"q").next() {
-            Some(item) => {
-                let (k, _) = item?;
-                Ok(ms_from_key(&k[1..]))
+        for entry in self.pending_entries(None) {
+            let entry = entry?;
+            if entry.status == MessageStatus::Queued {
+                return Ok(Some(entry.not_before));
             }
-            None => Ok(None),
         }
+        Ok(None)
     }
 
     /// Number of entries waiting in the queue.
@@ -1024,7 +1052,17 @@ mod tests {
             })
             .unwrap();
         store.update_entry("k2", |_| false).unwrap();
-        assert_eq!((store.outbox_depth(), scan(&store)), (2, 2));
+        // k0 is in flight: not queued, but its key stays (start-up finds it there).
+        assert_eq!((store.outbox_depth(), scan(&store)), (2, 3));
+        let in_flight: Vec<String> = store.in_flight_entries().map(|e| e.unwrap().key).collect();
+        assert_eq!(in_flight, ["k0"]);
+        assert_eq!(
+            store
+                .due_outbox(now + chrono::Duration::hours(2), 10)
+                .unwrap()
+                .len(),
+            2
+        );
         set_status(&store, "k0", MessageStatus::Queued);
         assert_eq!((store.outbox_depth(), scan(&store)), (3, 3));
         drop(store);
@@ -1100,7 +1138,13 @@ mod tests {
         drop(store);
         let reopened = Store::open(dir.path()).unwrap();
         assert_eq!(reopened.outbox_depth(), 1);
-        assert_eq!(reopened.inner.outbox.scan_prefix(b"q").count(), 1);
+        // `q` stays queued, `k` in flight; the stale key is gone.
+        assert_eq!(reopened.inner.outbox.scan_prefix(b"q").count(), 2);
+        let in_flight: Vec<String> = reopened
+            .in_flight_entries()
+            .map(|e| e.unwrap().key)
+            .collect();
+        assert_eq!(in_flight, ["k"]);
     }
 
     #[tokio::test]
@@ -1160,10 +1204,10 @@ mod tests {
                             1 => {
                                 store
                                     .update_entry(key, |e| {
-                                        e.status = if e.status == MessageStatus::Queued {
-                                            MessageStatus::Sending
-                                        } else {
-                                            MessageStatus::Queued
+                                        e.status = match e.status {
+                                            MessageStatus::Queued => MessageStatus::Sending,
+                                            MessageStatus::Sending => MessageStatus::Sent,
+                                            _ => MessageStatus::Queued,
                                         };
                                         true
                                     })
@@ -1203,6 +1247,8 @@ mod tests {
                 .collect();
             if e.status == MessageStatus::Queued {
                 queued += 1;
+            }
+            if is_pending(e.status) {
                 assert_eq!(q_keys, vec![queue_key(e.not_before, key)], "{key}");
             } else {
                 assert!(
