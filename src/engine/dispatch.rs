@@ -131,7 +131,12 @@ impl Engine {
                 DispatchState::Running => {}
             }
             let now = self.clock.now();
-            let due = match self.store.due_outbox(now, 256) {
+            let due = match self.store.due_outbox_except(now, 256, |key| {
+                in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(key)
+            }) {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the outbox failed");

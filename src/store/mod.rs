@@ -517,11 +517,12 @@ impl Store {
     }
 
     /// The pending entries at or before `until` (all with `None`), earliest first, stale keys
-    /// dropped on the way.
-    fn pending_entries(
-        &self,
+    /// dropped on the way; keys for which `skip` is true are passed over unread.
+    fn pending_entries<'a>(
+        &'a self,
         until: Option<DateTime<Utc>>,
-    ) -> impl Iterator<Item = Result<OutboxEntry>> + '_ {
+        skip: impl Fn(&str) -> bool + 'a,
+    ) -> impl Iterator<Item = Result<OutboxEntry>> + 'a {
         let end = until.map_or_else(|| b"r".to_vec(), |t| cat(&[b"q", &ms_key(t), &[0xff]]));
         self.inner
             .outbox
@@ -531,6 +532,9 @@ impl Store {
                     Ok((k, _)) => k,
                     Err(e) => return Some(Err(e.into())),
                 };
+                if std::str::from_utf8(&k[9..]).is_ok_and(&skip) {
+                    return None;
+                }
                 match self.queue_key_entry(&k) {
                     Ok(Some(e)) => Some(Ok(e)),
                     // Stale (see `queue_key_entry`): drop it, or `next_outbox_due` keeps
@@ -547,7 +551,7 @@ impl Store {
 
     /// Entries left `sending`: in flight now, or cut short by a crash when read at start-up.
     pub fn in_flight_entries(&self) -> impl Iterator<Item = Result<OutboxEntry>> + '_ {
-        self.pending_entries(None)
+        self.pending_entries(None, |_| false)
             .filter(|e| !matches!(e, Ok(e) if e.status != MessageStatus::Sending))
     }
 
@@ -565,7 +569,7 @@ impl Store {
     /// Drops queue keys a crash left stale and counts the queued entries (at open).
     fn sweep_queue(&self) -> Result<i64> {
         let mut queued = 0;
-        for entry in self.pending_entries(None) {
+        for entry in self.pending_entries(None, |_| false) {
             if entry?.status == MessageStatus::Queued {
                 queued += 1;
             }
@@ -576,7 +580,18 @@ impl Store {
     /// Queued entries due at or before `now`, earliest first, at most `limit` (entries in
     /// flight are passed over).
     pub fn due_outbox(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<OutboxEntry>> {
-        self.pending_entries(Some(now))
+        self.due_outbox_except(now, limit, |_| false)
+    }
+
+    /// Like [`Store::due_outbox`], passing over unread the keys `busy` names (the
+    /// dispatcher's own entries in flight).
+    pub fn due_outbox_except(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        busy: impl Fn(&str) -> bool,
+    ) -> Result<Vec<OutboxEntry>> {
+        self.pending_entries(Some(now), busy)
             .filter(|e| !matches!(e, Ok(e) if e.status != MessageStatus::Queued))
             .take(limit)
             .collect()
@@ -585,7 +600,7 @@ impl Store {
     /// When the next queued entry falls due, if any (entries in flight are passed over: at
     /// most the dispatcher's concurrency of them).
     pub fn next_outbox_due(&self) -> Result<Option<DateTime<Utc>>> {
-        for entry in self.pending_entries(None) {
+        for entry in self.pending_entries(None, |_| false) {
             let entry = entry?;
             if entry.status == MessageStatus::Queued {
                 return Ok(Some(entry.not_before));
