@@ -14,8 +14,11 @@ async fn main() -> ExitCode {
         recuerda::cli::Command::Demo(_) | recuerda::cli::Command::Simulate(_) => "warn",
         _ => "info",
     };
-    recuerda::cli::init_tracing(cli.log_format, level);
-    match recuerda::cli::run(cli).await {
+    let log = recuerda::cli::init_tracing(cli.log_format, level);
+    let result = recuerda::cli::run(cli).await;
+    // Pending log lines are written before the last word, not after it.
+    drop(log);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the error and its causes, joined.

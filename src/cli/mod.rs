@@ -74,17 +74,29 @@ pub fn load_config(cli_config: Option<&std::path::Path>) -> anyhow::Result<Confi
     Ok(Config::load(cli_config)?)
 }
 
-pub fn init_tracing(format: LogFormat, default_level: &str) {
+/// Installs the log subscriber. Lines are written by a background thread that batches them
+/// (one `write` per burst instead of one per line: a busy server logs two lines per reply);
+/// none is dropped, and the returned guard writes out what is pending when it is dropped, so
+/// `main` holds it until exit.
+pub fn init_tracing(
+    format: LogFormat,
+    default_level: &str,
+) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("RECUERDA_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("recuerda-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+    guard
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
