@@ -64,3 +64,44 @@ async fn every_scenario_runs_briefly_without_errors() {
         );
     }
 }
+
+#[tokio::test]
+async fn repeated_rounds_are_judged_by_their_median() {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_recuerda"))
+            .args([
+                "bench",
+                "--scenario",
+                "e",
+                "--duration",
+                "100ms",
+                "--repeat",
+                "3",
+            ])
+            .env_remove("RECUERDA_LOG")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the bench finishes within 2 minutes")
+    .expect("the recuerda binary runs");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}");
+    assert!(out.contains("== round 3 of 3"), "{out}");
+    assert!(out.contains("median of 3 rounds"), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("(e) match cost"))
+        .expect("the (e) figure in the summary");
+    // The median, then the three rounds' figures in parentheses.
+    let rounds = line.rsplit_once('(').map(|(_, r)| r).unwrap_or_default();
+    assert_eq!(rounds.matches('×').count(), 3, "{line}");
+    let code = tokio::process::Command::new(env!("CARGO_BIN_EXE_recuerda"))
+        .args(["bench", "--repeat", "0"])
+        .output()
+        .await
+        .expect("the recuerda binary runs");
+    assert!(!code.status.success());
+    assert!(String::from_utf8_lossy(&code.stderr).contains("`--repeat` must be at least 1"));
+}
