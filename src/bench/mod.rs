@@ -177,13 +177,7 @@ fn medians(rounds: &[Vec<Check>]) -> Vec<Check> {
     first
         .iter()
         .map(|c| {
-            let mut same: Vec<&Check> = rounds
-                .iter()
-                .filter_map(|r| {
-                    r.iter()
-                        .find(|o| o.scenario == c.scenario && o.what == c.what)
-                })
-                .collect();
+            let mut same = same_figure(rounds, c);
             same.sort_by(|a, b| a.value.total_cmp(&b.value));
             same[(same.len() - 1) / 2].clone()
         })
@@ -197,41 +191,43 @@ fn summary_of_rounds(medians: &[Check], rounds: &[Vec<Check>]) -> String {
         rounds.len()
     );
     for c in medians {
-        let all: Vec<&str> = rounds
+        let all: Vec<&str> = same_figure(rounds, c)
             .iter()
-            .filter_map(|r| {
-                r.iter()
-                    .find(|o| o.scenario == c.scenario && o.what == c.what)
-            })
             .map(|o| o.measured.trim())
             .collect();
-        let _ = writeln!(
-            out,
-            "  ({}) {:<34} {:>14}   target {:<12} {:<7} ({})",
-            c.scenario.letter(),
-            c.what,
-            c.measured,
-            c.target,
-            if c.met { "met" } else { "MISSED" },
-            all.join(", ")
-        );
+        let _ = writeln!(out, "{:<100} ({})", line(c), all.join(", "));
     }
     out
+}
+
+/// The same figure as `c` in each round.
+fn same_figure<'a>(rounds: &'a [Vec<Check>], c: &Check) -> Vec<&'a Check> {
+    rounds
+        .iter()
+        .filter_map(|r| {
+            r.iter()
+                .find(|o| o.scenario == c.scenario && o.what == c.what)
+        })
+        .collect()
+}
+
+/// One figure against its target, as the summaries print it.
+fn line(c: &Check) -> String {
+    format!(
+        "  ({}) {:<34} {:>14}   target {:<12} {}",
+        c.scenario.letter(),
+        c.what,
+        c.measured,
+        c.target,
+        if c.met { "met" } else { "MISSED" }
+    )
 }
 
 /// The table of every figure against its target.
 pub fn summary(checks: &[Check]) -> String {
     let mut out = String::from("summary (targets of issue 8)\n");
     for c in checks {
-        let _ = writeln!(
-            out,
-            "  ({}) {:<34} {:>14}   target {:<12} {}",
-            c.scenario.letter(),
-            c.what,
-            c.measured,
-            c.target,
-            if c.met { "met" } else { "MISSED" }
-        );
+        let _ = writeln!(out, "{}", line(c));
     }
     out
 }

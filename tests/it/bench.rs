@@ -4,31 +4,37 @@
 
 use std::time::Duration;
 
-#[tokio::test]
-async fn every_scenario_runs_briefly_without_errors() {
-    let output = tokio::time::timeout(
+/// `recuerda bench ARGS`, bounded to 2 minutes.
+async fn bench(args: &[&str]) -> std::process::Output {
+    tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new(env!("CARGO_BIN_EXE_recuerda"))
-            .args([
-                "bench",
-                "--scenario",
-                "all",
-                "--duration",
-                "100ms",
-                "--connections",
-                "4",
-                "--appointments",
-                "300",
-                "--provider-concurrency",
-                "8",
-            ])
+            .arg("bench")
+            .args(args)
             .env_remove("RECUERDA_LOG")
             .kill_on_drop(true)
             .output(),
     )
     .await
     .expect("the bench finishes within 2 minutes")
-    .expect("the recuerda binary runs");
+    .expect("the recuerda binary runs")
+}
+
+#[tokio::test]
+async fn every_scenario_runs_briefly_without_errors() {
+    let output = bench(&[
+        "--scenario",
+        "all",
+        "--duration",
+        "100ms",
+        "--connections",
+        "4",
+        "--appointments",
+        "300",
+        "--provider-concurrency",
+        "8",
+    ])
+    .await;
     let out = String::from_utf8_lossy(&output.stdout);
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "stdout:\n{out}\nstderr:\n{err}");
@@ -67,25 +73,7 @@ async fn every_scenario_runs_briefly_without_errors() {
 
 #[tokio::test]
 async fn repeated_rounds_are_judged_by_their_median() {
-    let output = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_recuerda"))
-            .args([
-                "bench",
-                "--scenario",
-                "e",
-                "--duration",
-                "100ms",
-                "--repeat",
-                "3",
-            ])
-            .env_remove("RECUERDA_LOG")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the bench finishes within 2 minutes")
-    .expect("the recuerda binary runs");
+    let output = bench(&["--scenario", "e", "--duration", "100ms", "--repeat", "3"]).await;
     let out = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{out}");
     assert!(out.contains("== round 3 of 3"), "{out}");
@@ -97,11 +85,7 @@ async fn repeated_rounds_are_judged_by_their_median() {
     // The median, then the three rounds' figures in parentheses.
     let rounds = line.rsplit_once('(').map(|(_, r)| r).unwrap_or_default();
     assert_eq!(rounds.matches('×').count(), 3, "{line}");
-    let code = tokio::process::Command::new(env!("CARGO_BIN_EXE_recuerda"))
-        .args(["bench", "--repeat", "0"])
-        .output()
-        .await
-        .expect("the recuerda binary runs");
+    let code = bench(&["--repeat", "0"]).await;
     assert!(!code.status.success());
     assert!(String::from_utf8_lossy(&code.stderr).contains("`--repeat` must be at least 1"));
 }
