@@ -19,7 +19,7 @@ mod helpers;
 
 use std::collections::{BTreeSet, HashMap};
 
-use handlebars::template::{Parameter, Template, TemplateElement, TemplateMapping};
+use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement, TemplateMapping};
 use handlebars::{Handlebars, Path, RenderErrorReason, TemplateErrorReason};
 
 use helpers::ClinicHelper;
@@ -235,33 +235,16 @@ fn check_element(
 ) {
     match element {
         TemplateElement::Expression(ht) | TemplateElement::HtmlExpression(ht) => {
-            let name_only = ht.params.is_empty() && ht.hash.is_empty();
-            match name_of(&ht.name) {
-                // `{{appointment.sede}}`: a value, unless the name is a helper's.
-                Some(name) if name_only && !HELPERS.contains(&name.as_str()) => {}
-                name => check_call(
-                    name,
-                    ht.params.len(),
-                    !ht.hash.is_empty(),
-                    Call::Inline,
-                    start,
-                    source,
-                    problems,
-                ),
+            // `{{appointment.sede}}`: a value, unless the name is a helper's.
+            let value = ht.params.is_empty()
+                && ht.hash.is_empty()
+                && name_of(&ht.name).is_some_and(|name| !HELPERS.contains(&name.as_str()));
+            if !value {
+                check_helper(ht, Call::Inline, start, source, problems);
             }
-            check_params(&ht.params, ht.hash.values(), start, source, problems);
         }
         TemplateElement::HelperBlock(ht) => {
-            check_call(
-                name_of(&ht.name),
-                ht.params.len(),
-                !ht.hash.is_empty(),
-                Call::Block,
-                start,
-                source,
-                problems,
-            );
-            check_params(&ht.params, ht.hash.values(), start, source, problems);
+            check_helper(ht, Call::Block, start, source, problems);
             for inner in [&ht.template, &ht.inverse].into_iter().flatten() {
                 check_template(inner, source, problems);
             }
@@ -290,6 +273,26 @@ enum Call {
     Block,
 }
 
+/// Checks a helper call and the subexpressions among its values.
+fn check_helper(
+    ht: &HelperTemplate,
+    call: Call,
+    start: Position,
+    source: &str,
+    problems: &mut Vec<TemplateSyntaxError>,
+) {
+    check_call(
+        name_of(&ht.name),
+        ht.params.len(),
+        !ht.hash.is_empty(),
+        call,
+        start,
+        source,
+        problems,
+    );
+    check_params(&ht.params, ht.hash.values(), start, source, problems);
+}
+
 fn check_params<'a>(
     params: &'a [Parameter],
     hash: impl Iterator<Item = &'a Parameter>,
@@ -301,16 +304,7 @@ fn check_params<'a>(
         if let Parameter::Subexpression(sub) = param {
             if let TemplateElement::Expression(ht) = sub.as_element() {
                 // A subexpression always calls a helper, even with no values.
-                check_call(
-                    name_of(&ht.name),
-                    ht.params.len(),
-                    !ht.hash.is_empty(),
-                    Call::Inline,
-                    start,
-                    source,
-                    problems,
-                );
-                check_params(&ht.params, ht.hash.values(), start, source, problems);
+                check_helper(ht, Call::Inline, start, source, problems);
             }
         }
     }
