@@ -107,7 +107,7 @@ fn check(
     what: &str,
     value: f64,
     measured: String,
-    target: &str,
+    target: impl Into<String>,
     met: bool,
 ) -> Check {
     Check {
@@ -118,6 +118,38 @@ fn check(
         target: target.into(),
         met,
     }
+}
+
+/// CPU time per event against its ceiling.
+fn micros_check(scenario: Scenario, what: &str, us: f64, max_us: f64) -> Check {
+    let (measured, target) = (format!("{us:.1} µs"), format!("≤ {max_us:.0} µs"));
+    check(scenario, what, us, measured, target, us <= max_us)
+}
+
+/// A rate against its floor.
+fn rate_check(scenario: Scenario, what: &str, per_second: f64, min: u64) -> Check {
+    let measured = format!("{per_second:.0}/s");
+    let target = format!("≥ {}/s", thousands(min));
+    check(
+        scenario,
+        what,
+        per_second,
+        measured,
+        target,
+        per_second >= min as f64,
+    )
+}
+
+/// Errors: none is the target.
+fn errors_check(scenario: Scenario, errors: u64) -> Check {
+    check(
+        scenario,
+        "errors",
+        errors as f64,
+        thousands(errors),
+        "0",
+        errors == 0,
+    )
 }
 
 /// Runs the chosen scenarios, printing each as it ends; returns every check.
@@ -485,30 +517,9 @@ async fn status_callbacks(o: &Options, out: &mut String) -> Result<Vec<Check>, B
     );
     server.stop().await;
     Ok(vec![
-        check(
-            Scenario::A,
-            "CPU per callback",
-            us,
-            format!("{us:.1} µs"),
-            "≤ 40 µs",
-            us <= 40.0,
-        ),
-        check(
-            Scenario::A,
-            "callbacks per second",
-            r.per_second(),
-            format!("{:.0}/s", r.per_second()),
-            "≥ 25,000/s",
-            r.per_second() >= 25_000.0,
-        ),
-        check(
-            Scenario::A,
-            "errors",
-            (r.errors + (r.ok - processed.min(r.ok))) as f64,
-            thousands(r.errors + (r.ok - processed.min(r.ok))),
-            "0",
-            r.errors == 0 && processed >= r.ok,
-        ),
+        micros_check(Scenario::A, "CPU per callback", us, 40.0),
+        rate_check(Scenario::A, "callbacks per second", r.per_second(), 25_000),
+        errors_check(Scenario::A, r.errors + (r.ok - processed.min(r.ok))),
     ])
 }
 
@@ -565,30 +576,9 @@ async fn replies(o: &Options, out: &mut String) -> Result<Vec<Check>, BenchError
     server.stop().await;
     let missing = r.ok.saturating_sub(sends) + sink.malformed();
     Ok(vec![
-        check(
-            Scenario::B,
-            "CPU per reply (end to end)",
-            us,
-            format!("{us:.1} µs"),
-            "≤ 70 µs",
-            us <= 70.0,
-        ),
-        check(
-            Scenario::B,
-            "replies per second",
-            r.per_second(),
-            format!("{:.0}/s", r.per_second()),
-            "≥ 15,000/s",
-            r.per_second() >= 15_000.0,
-        ),
-        check(
-            Scenario::B,
-            "sends per second (end to end)",
-            e2e,
-            format!("{e2e:.0}/s"),
-            "≥ 15,000/s",
-            e2e >= 15_000.0,
-        ),
+        micros_check(Scenario::B, "CPU per reply (end to end)", us, 70.0),
+        rate_check(Scenario::B, "replies per second", r.per_second(), 15_000),
+        rate_check(Scenario::B, "sends per second (end to end)", e2e, 15_000),
         check(
             Scenario::B,
             "reply p99 latency",
@@ -597,14 +587,7 @@ async fn replies(o: &Options, out: &mut String) -> Result<Vec<Check>, BenchError
             "≤ 15 ms",
             p99 <= Duration::from_millis(15),
         ),
-        check(
-            Scenario::B,
-            "errors",
-            (r.errors + missing) as f64,
-            thousands(r.errors + missing),
-            "0",
-            r.errors + missing == 0,
-        ),
+        errors_check(Scenario::B, r.errors + missing),
     ])
 }
 
@@ -742,14 +725,7 @@ async fn fan_out(o: &Options, out: &mut String) -> Result<Vec<Check>, BenchError
             "≤ 5 s",
             fan_out <= Duration::from_secs(5),
         ),
-        check(
-            Scenario::C,
-            "dispatch rate",
-            dispatch_rate,
-            format!("{dispatch_rate:.0}/s"),
-            "≥ 10,000/s",
-            dispatch_rate >= 10_000.0,
-        ),
+        rate_check(Scenario::C, "dispatch rate", dispatch_rate, 10_000),
         check(
             Scenario::C,
             "RSS during fan-out",
@@ -758,14 +734,7 @@ async fn fan_out(o: &Options, out: &mut String) -> Result<Vec<Check>, BenchError
             "≤ 150 MiB",
             peak_sampled <= 150 * 1024,
         ),
-        check(
-            Scenario::C,
-            "errors",
-            errors as f64,
-            thousands(errors),
-            "0",
-            errors == 0,
-        ),
+        errors_check(Scenario::C, errors),
     ])
 }
 
