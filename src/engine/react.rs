@@ -155,13 +155,7 @@ impl Engine {
         // Opt-out keywords are handled before any rule.
         let keyword = normalize_keyword(&text);
         let conversation_key = reply.custom_field.clone();
-        if self
-            .config
-            .opt_out
-            .stop
-            .iter()
-            .any(|k| normalize_keyword(k) == keyword)
-        {
+        if is_one_of(&self.config.opt_out.stop, &keyword) {
             self.store.opt_out(&OptOut {
                 mobile: reply.mobile.clone(),
                 keyword: text.clone(),
@@ -178,13 +172,7 @@ impl Engine {
             tracing::info!(mobile = %mask(&reply.mobile), "patient opted out");
             return Ok(());
         }
-        if self
-            .config
-            .opt_out
-            .start
-            .iter()
-            .any(|k| normalize_keyword(k) == keyword)
-        {
+        if is_one_of(&self.config.opt_out.start, &keyword) {
             self.store.opt_in(&reply.mobile)?;
             reply.outcome = "opted_in".into();
             self.store.put_reply(&reply)?;
@@ -377,6 +365,11 @@ fn reply_fingerprint(reply: &Reply) -> String {
 }
 
 /// Upper-case, accents and extra spaces removed: `cancelar  suscripción` = `CANCELAR SUSCRIPCION`.
+/// Whether a normalized reply is one of the configured keywords (as ops wrote them).
+fn is_one_of(keywords: &[String], normalized: &str) -> bool {
+    keywords.iter().any(|k| normalize_keyword(k) == normalized)
+}
+
 fn normalize_keyword(text: &str) -> String {
     let folded: String = text
         .chars()
