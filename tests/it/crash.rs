@@ -38,15 +38,11 @@ async fn wait_healthy(http: &reqwest::Client, base: &str) {
 }
 
 async fn messages(http: &reqwest::Client, base: &str) -> Vec<Value> {
-    let r: Value = http
-        .get(format!("{base}/api/v1/messages"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = crate::json_of(
+        http.get(format!("{base}/api/v1/messages"))
+            .bearer_auth(API_TOKEN),
+    )
+    .await;
     r["messages"].as_array().cloned().unwrap_or_default()
 }
 

@@ -569,15 +569,7 @@ async fn hot_reload_keeps_the_last_good_rules_and_health_names_the_broken_line()
     assert!(broken.lines().nth(3).unwrap().contains("cron"));
     std::fs::write(&rules_file, &broken).unwrap();
     let health = eventually("health shows the reload error", || async {
-        let h: Value = t
-            .http
-            .get(t.url("/healthz"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let h: Value = crate::try_json_of(t.http.get(t.url("/healthz"))).await?;
         h["rules"]["last_reload_error"].is_string().then_some(h)
     })
     .await;
@@ -604,15 +596,7 @@ async fn hot_reload_keeps_the_last_good_rules_and_health_names_the_broken_line()
     )
     .unwrap();
     eventually("the fix is loaded", || async {
-        let h: Value = t
-            .http
-            .get(t.url("/healthz"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let h: Value = crate::try_json_of(t.http.get(t.url("/healthz"))).await?;
         h["rules"]["last_reload_error"].is_null().then_some(())
     })
     .await;

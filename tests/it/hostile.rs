@@ -593,15 +593,7 @@ async fn rule_bombs_are_refused_quickly_and_the_last_good_rules_keep_running() {
             error.contains("reglas.yaml"),
             "{what} names the file: {error}"
         );
-        let health: Value = t
-            .http
-            .get(t.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let health: Value = crate::json_of(t.http.get(t.url("/healthz"))).await;
         assert!(
             health["rules"]["last_reload_error"]
                 .as_str()
@@ -885,15 +877,11 @@ async fn full_disk_makes_the_webhook_answer_503_and_health_and_log_say_why() {
         .unwrap();
     assert_eq!(retry.status(), 200);
     let replies: Value = eventually("both replies are listed", || async {
-        let v: Value = http
-            .get(format!("{base}/api/v1/replies"))
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let v: Value = crate::try_json_of(
+            http.get(format!("{base}/api/v1/replies"))
+                .bearer_auth(API_TOKEN),
+        )
+        .await?;
         (v["replies"].as_array()?.len() >= 2).then_some(v)
     })
     .await;

@@ -269,16 +269,12 @@ async fn restart_across_8_catches_up_once_and_a_long_outage_is_recorded_as_misse
     let ran = t.app().engine.run_rule_now("dia-antes").unwrap();
     assert_eq!(ran, 0, "a manual run repeats no occasion");
     // A dry run shows what the rule would send, rendered, and sends nothing.
-    let dry: serde_json::Value = t
-        .http
-        .post(t.url("/api/v1/rules/dia-antes/run?dry_run=true"))
-        .bearer_auth(super::engine::API_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dry: serde_json::Value = crate::json_of(
+        t.http
+            .post(t.url("/api/v1/rules/dia-antes/run?dry_run=true"))
+            .bearer_auth(super::engine::API_TOKEN),
+    )
+    .await;
     let would = dry["would_send"]
         .as_array()
         .unwrap_or_else(|| panic!("{dry}"));

@@ -104,15 +104,12 @@ fn fields<'a>(overrides: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
 }
 
 async fn post_form(sim: &SimHandle, path: &str, fields: &[(&str, &str)]) -> Value {
-    client()
-        .post(format!("{}/{path}/", sim.base_url()))
-        .form(fields)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    crate::json_of(
+        client()
+            .post(format!("{}/{path}/", sim.base_url()))
+            .form(fields),
+    )
+    .await
 }
 
 /// Polls `done` every 10 ms for up to 2 s.
@@ -807,14 +804,7 @@ async fn the_control_api_masks_the_token_and_steers_the_simulator() {
     })
     .await;
 
-    let requests: Value = http
-        .get(format!("{control}/requests"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let requests: Value = crate::json_of(http.get(format!("{control}/requests"))).await;
     let first = &requests[0];
     assert_eq!(first["endpoint"], "send");
     assert_eq!(first["fields"]["token"], "***");
@@ -829,25 +819,11 @@ async fn the_control_api_masks_the_token_and_steers_the_simulator() {
         "the token never shows"
     );
 
-    let sends: Value = http
-        .get(format!("{control}/sends"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sends: Value = crate::json_of(http.get(format!("{control}/sends"))).await;
     assert_eq!(sends[0]["variables"][0], "Carlos");
     assert_eq!(sends[0]["custom_field"], "cita-42");
     assert_eq!(sends[0]["template_id"], 990);
-    let callbacks: Value = http
-        .get(format!("{control}/callbacks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let callbacks: Value = crate::json_of(http.get(format!("{control}/callbacks"))).await;
     assert!(callbacks
         .as_array()
         .unwrap()
@@ -929,18 +905,11 @@ async fn the_cli_serves_the_example_config() {
     .await;
     assert!(read.is_ok(), "the CLI printed no base URL in time");
     let base_url = base_url.expect("a base URL line");
-    let answer: Value = client()
-        .post(format!("{base_url}/template/"))
-        .form(&[
-            ("login", "demo@gmail.com"),
-            ("token", "b6fd61ec974d1652082a802a4d8e443712138ed"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer: Value = crate::json_of(client().post(format!("{base_url}/template/")).form(&[
+        ("login", "demo@gmail.com"),
+        ("token", "b6fd61ec974d1652082a802a4d8e443712138ed"),
+    ]))
+    .await;
     assert!(answer.is_array(), "{answer}");
     child.kill().await.unwrap();
 }

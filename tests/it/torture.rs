@@ -419,15 +419,11 @@ async fn torture() {
             let mut stuck: Vec<String> = Vec::new();
             let mut pending = 0;
             for status in ["queued", "sending"] {
-                let m: serde_json::Value = http
-                    .get(format!("{base}/api/v1/messages?status={status}"))
-                    .bearer_auth(API_TOKEN)
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
+                let m: serde_json::Value = crate::try_json_of(
+                    http.get(format!("{base}/api/v1/messages?status={status}"))
+                        .bearer_auth(API_TOKEN),
+                )
+                .await?;
                 let list = m["messages"].as_array()?;
                 pending += list.len();
                 stuck.extend(list.iter().take(3).map(|m| {
@@ -443,15 +439,11 @@ async fn torture() {
                     )
                 }));
             }
-            let r: serde_json::Value = http
-                .get(format!("{base}/api/v1/replies"))
-                .bearer_auth(API_TOKEN)
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let r: serde_json::Value = crate::try_json_of(
+                http.get(format!("{base}/api/v1/replies"))
+                    .bearer_auth(API_TOKEN),
+            )
+            .await?;
             let seen: BTreeSet<&str> = r["replies"]
                 .as_array()?
                 .iter()
