@@ -144,12 +144,9 @@ impl Engine {
                     continue;
                 }
             };
-            let fresh: Vec<OutboxEntry> = {
-                let flying = in_flight.lock().unwrap_or_else(|e| e.into_inner());
-                due.into_iter()
-                    .filter(|e| !flying.contains(&e.key))
-                    .collect()
-            };
+            // Only this loop adds to `in_flight`, and the scan passed over its keys: what
+            // came back is not in flight.
+            let fresh = due;
             if fresh.is_empty() {
                 let next = self.store.next_outbox_due().ok().flatten();
                 let wake_at = next.unwrap_or(now + chrono::Duration::minutes(1));

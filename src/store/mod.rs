@@ -725,12 +725,15 @@ impl Store {
 
     pub fn rule_last(&self, rule: &str) -> Result<Option<serde_json::Value>> {
         let pending = self.inner.last_deeds_lock().get(rule).cloned();
-        match pending.or(self
-            .inner
-            .meta
-            .get(format!("last/{rule}"))?
-            .map(|v| v.to_vec()))
-        {
+        let value = match pending {
+            Some(v) => Some(v),
+            None => self
+                .inner
+                .meta
+                .get(format!("last/{rule}"))?
+                .map(|v| v.to_vec()),
+        };
+        match value {
             Some(v) => Ok(Some(decode("meta", rule.as_bytes(), &v)?)),
             None => Ok(None),
         }
