@@ -43,6 +43,9 @@ use tokio::sync::{mpsc, oneshot};
 
 pub const FORMAT_VERSION: u32 = 1;
 
+/// How long opening waits for a store's lock to be released before reporting it in use.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the store at `{path}`: {source}; check that the folder exists, is writable and no other recuerda uses it")]
@@ -212,19 +215,36 @@ impl Store {
     /// tokio runtime.
     pub fn open(dir: &Path) -> Result<Store> {
         let path = dir.display().to_string();
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             // sled's default page cache is 1 GiB; the working set is recent appointments and
             // the outbox's head. 16 MiB (sled's accounting; about twice that in RSS) ran the
             // 100,000-reminder fan-out as fast as 32 or 64 MiB, with a peak RSS of ~120 MiB
             // instead of ~140 or ~190.
-            .cache_capacity(16 * 1024 * 1024)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: path.clone(),
-                source,
-            })?;
+            .cache_capacity(16 * 1024 * 1024);
+        // A store just closed may hold its file lock a moment longer: sled's I/O threads drop
+        // their last handle after answering the final flush (and a restarted service may
+        // start while the old process is still exiting). Wait briefly before saying it is
+        // in use.
+        let waited_since = std::time::Instant::now();
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(source)
+                    if source.to_string().contains("could not acquire lock")
+                        && waited_since.elapsed() < LOCK_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(source) => {
+                    return Err(StoreError::Open {
+                        path: path.clone(),
+                        source,
+                    })
+                }
+            }
+        };
         let tree = |name: &str| db.open_tree(name).map_err(StoreError::from);
         let meta = tree("meta")?;
         match meta.get("format_version")? {
@@ -1285,6 +1305,18 @@ mod tests {
             assert_eq!(by_mobile.len(), usize::from(e.mobile.is_some()), "{key}");
         }
         assert_eq!(store.outbox_depth(), queued);
+    }
+
+    #[tokio::test]
+    async fn a_store_in_use_is_reported_after_a_short_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let started = std::time::Instant::now();
+        let Err(e) = Store::open(dir.path()) else {
+            panic!("a second open of a store in use succeeded");
+        };
+        assert!(started.elapsed() >= LOCK_WAIT, "gave up before waiting");
+        assert!(e.to_string().contains("no other recuerda uses it"), "{e}");
     }
 
     #[tokio::test]
