@@ -181,3 +181,15 @@ pub async fn start(
         server: Some(server),
     })
 }
+
+/// Hands memory freed so far back to the OS. Loading rules compiles hundreds of regexes and
+/// templates whose temporaries mimalloc would otherwise keep on the start-up thread (~2 MiB
+/// of idle RSS with 200 rules); called once the server is up, not on a hot path.
+pub fn release_freed_memory() {
+    // SAFETY: `mi_collect` takes no pointers; it only walks mimalloc's own free lists, and is
+    // a no-op for memory that another allocator handed out.
+    #[allow(unsafe_code)]
+    unsafe {
+        libmimalloc_sys::mi_collect(true)
+    };
+}

@@ -82,23 +82,60 @@ pub fn init_tracing(
     format: LogFormat,
     default_level: &str,
 ) -> tracing_appender::non_blocking::WorkerGuard {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("RECUERDA_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let (filter, bad) = log_filter(std::env::var("RECUERDA_LOG").ok().as_deref(), default_level);
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         // The default 128,000-line queue is allocated up front: 4 MiB of idle memory.
         .buffered_lines_limit(4096)
         .thread_name("recuerda-log")
         .finish(std::io::BufWriter::new(std::io::stderr()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(writer))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_writer(writer))
+            .try_init(),
     };
+    if let Some(bad) = bad {
+        tracing::warn!("{bad}");
+    }
     guard
+}
+
+/// The log filter from `RECUERDA_LOG` (`info`, `warn,recuerda=debug`, …), else `default_level`;
+/// a value that is not a filter is reported (second value) rather than silently ignored.
+///
+/// `Targets` rather than `EnvFilter`: `EnvFilter` pulls in `matchers`, whose `dfa-build`
+/// feature makes every `regex` in the process (rules, globs) build full DFAs at load —
+/// ~9 MiB of idle memory with 200 rules — for span-field filters nobody here uses.
+fn log_filter(
+    value: Option<&str>,
+    default_level: &str,
+) -> (tracing_subscriber::filter::Targets, Option<String>) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    let fallback = || {
+        default_level
+            .parse::<Targets>()
+            .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO))
+    };
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => (fallback(), None),
+        Some(v) => match v.parse::<Targets>() {
+            Ok(targets) => (targets, None),
+            Err(e) => (
+                fallback(),
+                Some(format!(
+                    "RECUERDA_LOG={v:?} is not a log filter ({e}); logging at `{default_level}`. \
+                     Use a level (`error`, `warn`, `info`, `debug`, `trace`) or \
+                     `target=level` pairs, e.g. `info,recuerda::engine=debug`"
+                )),
+            ),
+        },
+    }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -115,5 +152,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(args) => import::run(args, load_config(config_path)?).await,
         Command::Simulate(args) => simulate::run(args, load_config(config_path)?).await,
         Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+    use tracing::Level;
+
+    #[test]
+    fn log_filter_takes_levels_and_targets_and_reports_what_it_cannot_read() {
+        let (f, bad) = log_filter(Some("warn,recuerda::engine=debug"), "info");
+        assert!(bad.is_none());
+        assert!(f.would_enable("recuerda::engine::dispatch", &Level::DEBUG));
+        assert!(!f.would_enable("recuerda::http", &Level::INFO));
+        assert!(f.would_enable("hyper", &Level::WARN));
+
+        let (f, bad) = log_filter(None, "info");
+        assert!(bad.is_none());
+        assert!(f.would_enable("recuerda", &Level::INFO));
+        assert!(!f.would_enable("recuerda", &Level::DEBUG));
+
+        let (f, bad) = log_filter(Some("recuerda=loud"), "info");
+        let bad = bad.expect("a bad filter is reported");
+        assert!(bad.contains("RECUERDA_LOG=\"recuerda=loud\""), "{bad}");
+        assert!(bad.contains("e.g. `info,recuerda::engine=debug`"), "{bad}");
+        assert!(
+            f.would_enable("recuerda", &Level::INFO),
+            "falls back to the default"
+        );
     }
 }

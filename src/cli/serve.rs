@@ -24,6 +24,7 @@ pub async fn run(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
         .await
         .context("cannot start the engine")?;
     tracing::info!(addr = %running.addr, "recuerda is serving (webhook at /webhook/***)");
+    crate::app::release_freed_memory();
     wait_for_stop(&running.engine).await;
     tracing::info!("shutting down: finishing in-flight sends and flushing the store");
     running.shutdown().await;
