@@ -3,7 +3,7 @@
 
 use super::{Engine, EngineError};
 use crate::appointment::{Appointment, AppointmentStatus};
-use crate::conversation::Reply;
+use crate::conversation::{Conversation, Reply};
 use crate::message::{OutboxEntry, OutboxKind};
 use crate::rules::{Action, AppointmentChange, Rule, Trigger};
 use crate::store::Fired;
@@ -23,6 +23,30 @@ pub(crate) struct Occasion {
     pub custom_field: Option<String>,
     /// Sends are about the appointment's time: skip them if it is cancelled or moved by then.
     pub reminder: bool,
+    /// The trigger's own line in its conversation, not yet written: it goes in the same write
+    /// as the actions' changes to that conversation (a reply costs one conversation write).
+    pub note: Option<ConversationNote>,
+    /// That conversation as the trigger left it (note included), so the actions' contexts
+    /// need not read it back.
+    pub conversation: Option<Conversation>,
+}
+
+/// A trigger's line in a conversation: who wrote and what.
+#[derive(Debug, Clone)]
+pub(crate) struct ConversationNote {
+    pub custom_field: String,
+    pub mobile: String,
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+impl ConversationNote {
+    pub(crate) fn apply(&self, c: &mut Conversation, now: DateTime<Utc>) {
+        if c.mobile.is_none() {
+            c.mobile = Some(self.mobile.clone());
+        }
+        c.record(now, self.kind, self.detail.clone(), None);
+    }
 }
 
 /// What running an occasion did.
@@ -35,10 +59,12 @@ pub(crate) enum Ran {
 
 impl Engine {
     /// The rendering context: `appointment`, `reply`, `conversation`, `message`, `now`.
+    /// `known` is the conversation as it stands, when the caller has it (else it is read).
     pub(crate) fn context(
         &self,
         occ: &Occasion,
         conversation_key: Option<&str>,
+        known: Option<&Conversation>,
         now: DateTime<Utc>,
     ) -> Result<Value, EngineError> {
         let mut ctx = serde_json::Map::new();
@@ -52,7 +78,11 @@ impl Engine {
             ctx.insert("message".into(), m.clone());
         }
         if let Some(cf) = conversation_key.or(occ.custom_field.as_deref()) {
-            ctx.insert("conversation".into(), self.conversation_context(cf)?);
+            let conversation = match known.filter(|c| c.custom_field == cf) {
+                Some(c) => c.to_context(),
+                None => self.conversation_context(cf)?,
+            };
+            ctx.insert("conversation".into(), conversation);
         }
         ctx.insert("now".into(), now.to_rfc3339().into());
         Ok(Value::Object(ctx))
@@ -92,12 +122,22 @@ impl Engine {
         occ: &Occasion,
         now: DateTime<Utc>,
     ) -> Result<Ran, EngineError> {
+        // Conversation changes are gathered and written once per conversation: a reply's own
+        // line + a reminder's `send` + `set_state` is one write, not three.
+        let mut edits = ConversationEdits::default();
+        if let Some(note) = &occ.note {
+            edits.push(&note.custom_field, Edit::Note(note.clone()));
+        }
         if self.store.fired(&occ.key)?.is_some() {
+            edits.apply(self, &rule.name, now)?;
             return Ok(Ran::AlreadyFired);
         }
         let rules = self.rules();
-        let ctx = self.context(occ, None, now)?;
+        // The trigger's view of its conversation, good until the gathered edits are written.
+        let mut known = occ.conversation.as_ref();
+        let ctx = self.context(occ, None, known, now)?;
         if !rule.conditions_hold(&ctx) {
+            edits.apply(self, &rule.name, now)?;
             self.record_fired(
                 &rule.name,
                 &occ.key,
@@ -109,14 +149,11 @@ impl Engine {
         let mut conversation_key = occ.custom_field.clone();
         let mut appointment = occ.appointment.clone();
         let mut queued = 0;
-        // Conversation changes are gathered and written once per conversation: a reminder's
-        // `send` + `set_state` is one write, not two.
-        let mut edits = ConversationEdits::default();
         for (index, action) in rule.actions.iter().enumerate() {
             let entry_key = format!("{}#{index}", occ.key);
             match action {
                 Action::Send(send) => {
-                    let ctx = self.context(occ, conversation_key.as_deref(), now)?;
+                    let ctx = self.context(occ, conversation_key.as_deref(), known, now)?;
                     // The conversation a send belongs to is fixed now, so replies tie back to it;
                     // everything else is rendered again at send time.
                     let rendered_cf = send
@@ -186,7 +223,8 @@ impl Engine {
                 Action::Notify(notify) => {
                     // The notice shows the conversation as the actions before it left it.
                     edits.apply(self, &rule.name, now)?;
-                    let ctx = self.context(occ, conversation_key.as_deref(), now)?;
+                    known = None;
+                    let ctx = self.context(occ, conversation_key.as_deref(), known, now)?;
                     let message = notify.message.as_ref().map(|key| {
                         rules
                             .render_text(rule, key, &ctx)
@@ -360,9 +398,10 @@ impl Engine {
     }
 }
 
-/// One change to a conversation made by an action.
+/// One change to a conversation made by an action (or the trigger's own note).
 #[derive(Debug, Clone)]
 enum Edit {
+    Note(ConversationNote),
     Queued {
         mobile: Option<String>,
         appointment_id: Option<String>,
@@ -399,6 +438,7 @@ impl ConversationEdits {
             engine.store.update_conversation(&cf, now, |c| {
                 for edit in &list {
                     match edit {
+                        Edit::Note(note) => note.apply(c, now),
                         Edit::Queued {
                             mobile,
                             appointment_id,

@@ -1,9 +1,9 @@
 //! Webhook intake and the reactions to it: patients' replies (opt-out, dedupe, reply rules,
 //! no-reply timers) and delivery events (status only moves forward, `status` rules).
 
-use super::actions::Occasion;
+use super::actions::{ConversationNote, Occasion};
 use super::{Counters, Engine, EngineError};
-use crate::conversation::{DeadLetter, OptOut, Reply};
+use crate::conversation::{Conversation, DeadLetter, OptOut, Reply};
 use crate::message::{MessageStatus, StatusChange};
 use crate::provider::mask_mobile as mask;
 use crate::provider::webhook::{self, DeliveryStatus, ReplyEvent, StatusEvent, WebhookEvent};
@@ -180,21 +180,27 @@ impl Engine {
             return Ok(());
         }
 
-        // A reply stops the no-reply timers of its conversation.
-        let conversation = match &conversation_key {
+        // A reply stops the no-reply timers of its conversation, and is a line in it: written
+        // with the matched rule's changes to the conversation (one write), or alone below.
+        let (note, conversation) = match &conversation_key {
             Some(cf) => {
                 for key in self.store.due_keys_with_prefix(&format!("noreply|{cf}|"))? {
                     self.store.cancel_due(&key)?;
                 }
-                let detail = text.clone();
-                Some(self.store.update_conversation(cf, now, |c| {
-                    if c.mobile.is_none() {
-                        c.mobile = Some(reply.mobile.clone());
-                    }
-                    c.record(now, "reply", detail.clone(), None);
-                })?)
+                let note = ConversationNote {
+                    custom_field: cf.clone(),
+                    mobile: reply.mobile.clone(),
+                    kind: "reply",
+                    detail: text.clone(),
+                };
+                let mut conversation = self
+                    .store
+                    .get_conversation(cf)?
+                    .unwrap_or_else(|| Conversation::new(cf, now));
+                note.apply(&mut conversation, now);
+                (Some(note), Some(conversation))
             }
-            None => None,
+            None => (None, None),
         };
         let state = conversation.as_ref().and_then(|c| c.state.clone());
         let rules = self.rules();
@@ -202,6 +208,10 @@ impl Engine {
         else {
             Counters::bump(&self.counters.replies_unhandled);
             reply.outcome = "unhandled".into();
+            if let Some(note) = &note {
+                self.store
+                    .update_conversation(&note.custom_field, now, |c| note.apply(c, now))?;
+            }
             self.store.put_reply(&reply)?;
             tracing::info!(custom_field = ?conversation_key, "reply matched no rule (unhandled)");
             return Ok(());
@@ -219,6 +229,8 @@ impl Engine {
             appointment,
             reply: Some(reply.clone()),
             custom_field: conversation_key,
+            note,
+            conversation,
             ..Default::default()
         };
         tracing::info!(rule = %rule.name, "reply matched");

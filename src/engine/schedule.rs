@@ -476,7 +476,7 @@ impl Engine {
                 reminder: appt.is_some(),
                 ..Default::default()
             };
-            let ctx = self.context(&occ, None, now)?;
+            let ctx = self.context(&occ, None, None, now)?;
             let already = self.store.fired(&occasion)?.map(|f| f.outcome);
             let mut sends = Vec::new();
             for action in &rule.actions {

@@ -389,6 +389,27 @@ async fn reply_one_confirms_two_cancels_gibberish_gets_help_and_baja_opts_out() 
     assert_eq!(c1["status"], "confirmed");
     let conv = t.get("/api/v1/conversations/cita-C1").await;
     assert_eq!(conv["state"], "confirmada");
+    // The reply's line and the rule's changes are one write: nothing can fall between them.
+    let lines: Vec<(String, String)> = conv["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            let text = |k: &str| h[k].as_str().unwrap_or_default().to_string();
+            (text("kind"), text("detail"))
+        })
+        .collect();
+    let at = lines.iter().position(|(k, _)| k == "reply").unwrap();
+    assert_eq!(lines.iter().filter(|(k, _)| k == "reply").count(), 1);
+    assert_eq!(
+        lines[at..at + 3],
+        [
+            ("reply".to_string(), "1".to_string()),
+            ("state".to_string(), "confirmada".to_string()),
+            ("queued".to_string(), "template 991 queued".to_string()),
+        ],
+        "{lines:?}"
+    );
     let c2 = t.get("/api/v1/appointments/C2").await;
     assert_eq!(c2["status"], "cancelled");
     let help = t
