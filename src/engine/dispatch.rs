@@ -554,15 +554,8 @@ impl Engine {
                 metrics::counter!("recuerda_sends_total", "rule" => entry.rule.clone(), "result" => "sent").increment(1);
                 if let Some(e) = &updated {
                     tracing::info!(rule = %e.rule, message_id = %message_id, mobile = %super::mask(e.mobile.as_deref().unwrap_or("")), "sent");
-                    if let Some(cf) = &e.custom_field {
-                        let detail = format!(
-                            "template {} sent ({message_id})",
-                            e.template_id.unwrap_or_default()
-                        );
-                        self.store.update_conversation(cf, now, |c| {
-                            c.record(now, "sent", detail.clone(), Some(&e.rule))
-                        })?;
-                    }
+                    // "sent" lives in the message's timeline (the conversation's API view lists
+                    // its messages): no conversation write per send.
                     self.plan_no_reply(e, now)?;
                 }
                 self.apply_orphans(&message_id, &entry.key)?;

@@ -289,12 +289,28 @@ async fn get_conversation(
     State(state): State<AppState>,
     Path(cf): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let conv = state
-        .engine
-        .store
-        .get_conversation(&cf)?
-        .ok_or(ApiError::NotFound)?;
-    Ok(Json(serde_json::to_value(conv).unwrap_or(Value::Null)))
+    let store = &state.engine.store;
+    let conv = store.get_conversation(&cf)?.ok_or(ApiError::NotFound)?;
+    // The history holds what happened in the conversation (replies, states, queued sends,
+    // refusals, failures); each message's own progress (sent, delivered, read) is in its
+    // timeline, listed here rather than copied into the history on every send.
+    let mut messages = Vec::new();
+    if let Some(mobile) = &conv.mobile {
+        for entry in store.entries_for_mobile(mobile) {
+            let entry = entry?;
+            if entry.is_send() && entry.custom_field.as_deref() == Some(cf.as_str()) {
+                messages.push(message_json(&entry));
+                if messages.len() >= MESSAGES_PAGE {
+                    break;
+                }
+            }
+        }
+    }
+    let mut out = serde_json::to_value(conv).unwrap_or(Value::Null);
+    if let Some(obj) = out.as_object_mut() {
+        obj.insert("messages".into(), Value::Array(messages));
+    }
+    Ok(Json(out))
 }
 
 #[derive(Deserialize)]

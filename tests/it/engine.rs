@@ -410,6 +410,18 @@ async fn reply_one_confirms_two_cancels_gibberish_gets_help_and_baja_opts_out() 
         ],
         "{lines:?}"
     );
+    // Its messages, with their own progress: the reminder went out before the reply came.
+    let messages = conv["messages"].as_array().unwrap();
+    let reminder = messages
+        .iter()
+        .find(|m| m["template_id"] == 990)
+        .expect("the reminder is listed with its conversation");
+    assert!(
+        ["sent", "delivered", "read"].contains(&reminder["status"].as_str().unwrap()),
+        "{reminder}"
+    );
+    assert!(messages.iter().all(|m| m["custom_field"] == "cita-C1"));
+    assert!(messages.iter().any(|m| m["template_id"] == 991));
     let c2 = t.get("/api/v1/appointments/C2").await;
     assert_eq!(c2["status"], "cancelled");
     let help = t
