@@ -8,6 +8,7 @@ use crate::provider::{
     CustomField, Disposition, MediaUrl, Mobile, SendRequest, TemplateId, Variables,
 };
 use crate::rules::Action;
+use crate::store::KnownEntry;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde_json::Value;
@@ -159,7 +160,8 @@ impl Engine {
                 }
                 continue;
             }
-            for entry in fresh {
+            for known in fresh {
+                let entry = &known.entry;
                 if self.dispatch_state() != DispatchState::Running || *shutdown.borrow() {
                     break;
                 }
@@ -178,8 +180,8 @@ impl Engine {
                 let engine = self.clone();
                 let flying = in_flight.clone();
                 tokio::spawn(async move {
-                    let key = entry.key.clone();
-                    if let Err(e) = engine.dispatch_one(entry).await {
+                    let key = known.entry.key.clone();
+                    if let Err(e) = engine.dispatch_one(known).await {
                         tracing::error!(key = %key, error = %e, "dispatching failed; the entry stays queued");
                     }
                     flying
@@ -235,26 +237,32 @@ impl Engine {
     }
 
     /// Sends (or notifies) one entry and records the outcome.
-    #[tracing::instrument(level = "info", skip_all, fields(rule = %entry.rule, key = %entry.key, appointment = ?entry.appointment_id))]
-    async fn dispatch_one(&self, entry: OutboxEntry) -> Result<(), EngineError> {
-        match &entry.kind {
-            OutboxKind::Notify { endpoint } => self.dispatch_notify(&entry, endpoint.clone()).await,
-            OutboxKind::Send => self.dispatch_send(entry).await,
+    #[tracing::instrument(level = "info", skip_all, fields(rule = %known.entry.rule, key = %known.entry.key, appointment = ?known.entry.appointment_id))]
+    async fn dispatch_one(&self, known: KnownEntry) -> Result<(), EngineError> {
+        match &known.entry.kind {
+            OutboxKind::Notify { endpoint } => {
+                self.dispatch_notify(&known.entry, endpoint.clone()).await
+            }
+            OutboxKind::Send => self.dispatch_send(known).await,
         }
     }
 
-    async fn dispatch_send(&self, entry: OutboxEntry) -> Result<(), EngineError> {
+    async fn dispatch_send(&self, known: KnownEntry) -> Result<(), EngineError> {
+        let entry = &known.entry;
         let now = self.clock.now();
-        let prepared = match self.prepare_send(&entry, now)? {
+        let prepared = match self.prepare_send(entry, now)? {
             Ok(p) => p,
-            Err(final_outcome) => return self.record_outcome(&entry, final_outcome, None),
+            Err(final_outcome) => {
+                return self.record_outcome(entry, Some(&known), final_outcome, None)
+            }
         };
         let (request, text) = prepared;
         // Quiet hours are checked again now: the entry may have waited.
         let allowed = self.after_quiet_hours(now);
         if allowed > now {
             return self.record_outcome(
-                &entry,
+                entry,
+                Some(&known),
                 Outcome::Requeue {
                     at: allowed,
                     reason: "quiet hours: waits for the end of the window".into(),
@@ -272,7 +280,7 @@ impl Engine {
             .as_ref()
             .map(|c| c.as_str().to_string());
         let template = request.template.0;
-        let marked = self.store.update_entry(&entry.key, |e| {
+        let marked = self.store.update_known(&entry.key, Some(&known), |e| {
             if e.status != MessageStatus::Queued {
                 return false;
             }
@@ -320,18 +328,18 @@ impl Engine {
                 match e.disposition() {
                     Disposition::Retry => {
                         Counters::bump(&self.counters.sends_retried);
-                        if marked.attempts >= self.config.provider.max_attempts {
+                        if marked.entry.attempts >= self.config.provider.max_attempts {
                             Outcome::Final {
                                 status: MessageStatus::Failed,
                                 code,
                                 reason: format!(
                                     "gave up after {} attempts: {reason}",
-                                    marked.attempts
+                                    marked.entry.attempts
                                 ),
                             }
                         } else {
                             Outcome::Requeue {
-                                at: now + self.backoff(marked.attempts),
+                                at: now + self.backoff(marked.entry.attempts),
                                 reason,
                                 count_attempt: true,
                             }
@@ -363,7 +371,7 @@ impl Engine {
                     Disposition::Unknown => {
                         if self.config.provider.resend_unknown {
                             Outcome::Requeue {
-                                at: now + self.backoff(marked.attempts),
+                                at: now + self.backoff(marked.entry.attempts),
                                 reason: format!("outcome unknown, re-sent (`provider.resend_unknown`): {reason}"),
                                 count_attempt: true,
                             }
@@ -380,7 +388,7 @@ impl Engine {
                 }
             }
         };
-        self.record_outcome(&marked, outcome, Some(now))?;
+        self.record_outcome(&marked.entry, Some(&marked), outcome, Some(now))?;
         self.store.durable().await?;
         Ok(())
     }
@@ -534,9 +542,11 @@ impl Engine {
         Ok(Ok((request, rendered.text)))
     }
 
+    /// `known`: the entry as last read or written here, if at hand (saves decoding it again).
     fn record_outcome(
         &self,
         entry: &OutboxEntry,
+        known: Option<&KnownEntry>,
         outcome: Outcome,
         at: Option<DateTime<Utc>>,
     ) -> Result<(), EngineError> {
@@ -544,7 +554,7 @@ impl Engine {
         match outcome {
             Outcome::Sent(message_id) => {
                 let id = message_id.clone();
-                let updated = self.store.update_entry(&entry.key, |e| {
+                let updated = self.store.update_known(&entry.key, known, |e| {
                     e.set_status(MessageStatus::Sent, now, None);
                     e.message_id = Some(id.clone());
                     true
@@ -552,7 +562,7 @@ impl Engine {
                 self.store.link_message_id(&message_id, &entry.key)?;
                 Counters::bump(&self.counters.sends_ok);
                 metrics::counter!("recuerda_sends_total", "rule" => entry.rule.clone(), "result" => "sent").increment(1);
-                if let Some(e) = &updated {
+                if let Some(e) = updated.as_ref().map(|k| &k.entry) {
                     tracing::info!(rule = %e.rule, message_id = %message_id, mobile = %super::mask(e.mobile.as_deref().unwrap_or("")), "sent");
                     // "sent" lives in the message's timeline (the conversation's API view lists
                     // its messages): no conversation write per send.
@@ -565,7 +575,7 @@ impl Engine {
                 reason,
                 count_attempt,
             } => {
-                self.store.update_entry(&entry.key, |e| {
+                self.store.update_known(&entry.key, known, |e| {
                     e.set_status(MessageStatus::Queued, now, Some(reason.clone()));
                     e.not_before = at;
                     if !count_attempt {
@@ -579,7 +589,7 @@ impl Engine {
                 code,
                 reason,
             } => {
-                let updated = self.store.update_entry(&entry.key, |e| {
+                let updated = self.store.update_known(&entry.key, known, |e| {
                     e.set_status(status, now, Some(reason.clone()));
                     if let Some(last) = e.timeline.last_mut() {
                         last.code = code;
@@ -600,7 +610,7 @@ impl Engine {
                 } else {
                     tracing::warn!(rule = %entry.rule, key = %entry.key, status = %status, reason = %reason, "send not delivered to the provider");
                 }
-                if let Some(e) = updated {
+                if let Some(e) = updated.map(|k| k.entry) {
                     if let Some(cf) = &e.custom_field {
                         let kind = if status == MessageStatus::Skipped {
                             "skipped"
@@ -626,6 +636,7 @@ impl Engine {
         let Some(target) = self.config.notify.get(&endpoint) else {
             return self.record_outcome(
                 entry,
+                None,
                 Outcome::Final {
                     status: MessageStatus::Failed,
                     code: None,

@@ -109,6 +109,15 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// An outbox entry with the stored bytes it was read from. [`Store::update_known`] takes it
+/// and, when the record still holds those bytes, skips decoding them again: the dispatcher
+/// updates each entry twice (`sending`, then its outcome) right after reading it.
+#[derive(Debug, Clone)]
+pub struct KnownEntry {
+    pub entry: OutboxEntry,
+    raw: sled::IVec,
+}
+
 struct Inner {
     db: sled::Db,
     meta: sled::Tree,
@@ -464,8 +473,15 @@ impl Store {
     }
 
     pub fn get_entry(&self, key: &str) -> Result<Option<OutboxEntry>> {
+        Ok(self.read_entry(key)?.map(|k| k.entry))
+    }
+
+    fn read_entry(&self, key: &str) -> Result<Option<KnownEntry>> {
         match self.inner.outbox.get(cat(&[b"e", key.as_bytes()]))? {
-            Some(v) => Ok(Some(decode("outbox", key.as_bytes(), &v)?)),
+            Some(raw) => Ok(Some(KnownEntry {
+                entry: decode("outbox", key.as_bytes(), &raw)?,
+                raw,
+            })),
             None => Ok(None),
         }
     }
@@ -478,13 +494,27 @@ impl Store {
         key: &str,
         change: impl FnOnce(&mut OutboxEntry) -> bool,
     ) -> Result<Option<OutboxEntry>> {
+        Ok(self.update_known(key, None, change)?.map(|k| k.entry))
+    }
+
+    /// [`Store::update_entry`] from an entry read before: if the record is unchanged since,
+    /// `known` is used instead of decoding it again. Returns the new entry with its bytes.
+    pub fn update_known(
+        &self,
+        key: &str,
+        known: Option<&KnownEntry>,
+        change: impl FnOnce(&mut OutboxEntry) -> bool,
+    ) -> Result<Option<KnownEntry>> {
         let i = &self.inner;
         let ekey = cat(&[b"e", key.as_bytes()]);
         let _held = i.lock(&ekey);
         let Some(bytes) = i.outbox.get(&ekey)? else {
             return Ok(None);
         };
-        let mut new: OutboxEntry = decode("outbox", key.as_bytes(), &bytes)?;
+        let mut new: OutboxEntry = match known {
+            Some(k) if k.entry.key == key && k.raw == bytes => k.entry.clone(),
+            _ => decode("outbox", key.as_bytes(), &bytes)?,
+        };
         // Only what the indexes depend on is kept from before the change.
         let (old_status, old_not_before, old_mobile) =
             (new.status, new.not_before, new.mobile.clone());
@@ -508,7 +538,8 @@ impl Store {
                 i.outbox.insert(mobile_key(m, key), &[])?;
             }
         }
-        i.outbox.insert(ekey, to_vec(&new))?;
+        let raw = sled::IVec::from(to_vec(&new));
+        i.outbox.insert(ekey, raw.clone())?;
         if let Some(q) = old_q {
             if new_q.as_ref() != Some(&q) {
                 i.outbox.remove(q)?;
@@ -523,17 +554,18 @@ impl Store {
             let delta = if is_queued { 1 } else { -1 };
             i.queued.fetch_add(delta, Ordering::Relaxed);
         }
-        Ok(Some(new))
+        Ok(Some(KnownEntry { entry: new, raw }))
     }
 
     /// Whether queue key `k` (`q` ++ time ++ key) is current: its entry exists, is pending
     /// (queued or in flight), and is due at that time. A crash between the writes of
     /// [`Store::update_entry`] can leave a key that is not.
-    fn queue_key_entry(&self, k: &[u8]) -> Result<Option<OutboxEntry>> {
+    fn queue_key_entry(&self, k: &[u8]) -> Result<Option<KnownEntry>> {
         let key = String::from_utf8_lossy(&k[9..]).into_owned();
-        Ok(self
-            .get_entry(&key)?
-            .filter(|e| is_pending(e.status) && k[1..9] == ms_key(e.not_before)))
+        Ok(self.read_entry(&key)?.filter(|known| {
+            let e = &known.entry;
+            is_pending(e.status) && k[1..9] == ms_key(e.not_before)
+        }))
     }
 
     /// The pending entries at or before `until` (all with `None`), earliest first, stale keys
@@ -542,7 +574,7 @@ impl Store {
         &'a self,
         until: Option<DateTime<Utc>>,
         skip: impl Fn(&str) -> bool + 'a,
-    ) -> impl Iterator<Item = Result<OutboxEntry>> + 'a {
+    ) -> impl Iterator<Item = Result<KnownEntry>> + 'a {
         let end = until.map_or_else(|| b"r".to_vec(), |t| cat(&[b"q", &ms_key(t), &[0xff]]));
         self.inner
             .outbox
@@ -572,6 +604,7 @@ impl Store {
     /// Entries left `sending`: in flight now, or cut short by a crash when read at start-up.
     pub fn in_flight_entries(&self) -> impl Iterator<Item = Result<OutboxEntry>> + '_ {
         self.pending_entries(None, |_| false)
+            .map(|k| k.map(|k| k.entry))
             .filter(|e| !matches!(e, Ok(e) if e.status != MessageStatus::Sending))
     }
 
@@ -589,8 +622,8 @@ impl Store {
     /// Drops queue keys a crash left stale and counts the queued entries (at open).
     fn sweep_queue(&self) -> Result<i64> {
         let mut queued = 0;
-        for entry in self.pending_entries(None, |_| false) {
-            if entry?.status == MessageStatus::Queued {
+        for known in self.pending_entries(None, |_| false) {
+            if known?.entry.status == MessageStatus::Queued {
                 queued += 1;
             }
         }
@@ -600,7 +633,11 @@ impl Store {
     /// Queued entries due at or before `now`, earliest first, at most `limit` (entries in
     /// flight are passed over).
     pub fn due_outbox(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<OutboxEntry>> {
-        self.due_outbox_except(now, limit, |_| false)
+        Ok(self
+            .due_outbox_except(now, limit, |_| false)?
+            .into_iter()
+            .map(|k| k.entry)
+            .collect())
     }
 
     /// Like [`Store::due_outbox`], passing over unread the keys `busy` names (the
@@ -610,9 +647,9 @@ impl Store {
         now: DateTime<Utc>,
         limit: usize,
         busy: impl Fn(&str) -> bool,
-    ) -> Result<Vec<OutboxEntry>> {
+    ) -> Result<Vec<KnownEntry>> {
         self.pending_entries(Some(now), busy)
-            .filter(|e| !matches!(e, Ok(e) if e.status != MessageStatus::Queued))
+            .filter(|k| !matches!(k, Ok(k) if k.entry.status != MessageStatus::Queued))
             .take(limit)
             .collect()
     }
@@ -620,8 +657,8 @@ impl Store {
     /// When the next queued entry falls due, if any (entries in flight are passed over: at
     /// most the dispatcher's concurrency of them).
     pub fn next_outbox_due(&self) -> Result<Option<DateTime<Utc>>> {
-        for entry in self.pending_entries(None, |_| false) {
-            let entry = entry?;
+        for known in self.pending_entries(None, |_| false) {
+            let entry = known?.entry;
             if entry.status == MessageStatus::Queued {
                 return Ok(Some(entry.not_before));
             }
@@ -1064,6 +1101,63 @@ mod tests {
             })
             .unwrap();
         assert!(updated.is_some(), "no entry `{key}`");
+    }
+
+    #[tokio::test]
+    async fn an_update_from_a_known_entry_applies_to_what_is_stored_now() {
+        use crate::message::{OutboxEntry, OutboxKind};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = Utc::now();
+        let e = OutboxEntry::queued("k".into(), OutboxKind::Send, "r", 0, now);
+        assert!(store.enqueue(&e).unwrap());
+        let known = store
+            .due_outbox_except(now, 10, |_| false)
+            .unwrap()
+            .remove(0);
+
+        // Unchanged since it was read: the known entry is the base, and the result is what a
+        // plain update makes of the stored record.
+        let sending = store
+            .update_known("k", Some(&known), |e| {
+                e.set_status(MessageStatus::Sending, now, None);
+                true
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(Some(&sending.entry), store.get_entry("k").unwrap().as_ref());
+
+        // Changed since (someone else wrote it): the stale copy must not be the base.
+        store
+            .update_entry("k", |e| {
+                e.attempts = 7;
+                true
+            })
+            .unwrap();
+        let sent = store
+            .update_known("k", Some(&sending), |e| {
+                e.set_status(MessageStatus::Sent, now, None);
+                true
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(sent.entry.attempts, 7, "the other writer's change is kept");
+        assert_eq!(sent.entry.status, MessageStatus::Sent);
+        assert_eq!(Some(&sent.entry), store.get_entry("k").unwrap().as_ref());
+        assert_eq!(store.outbox_depth(), 0);
+
+        // A known entry of another key is never taken for this one.
+        let other = OutboxEntry::queued("other".into(), OutboxKind::Send, "r", 0, now);
+        assert!(store.enqueue(&other).unwrap());
+        let updated = store
+            .update_known("other", Some(&sent), |e| {
+                e.attempts += 1;
+                true
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(updated.entry.key, "other");
+        assert_eq!(updated.entry.attempts, 1);
     }
 
     #[tokio::test]
