@@ -93,7 +93,9 @@ pub struct OffsetTrigger {
 pub struct ReplyTrigger {
     /// The glob as written (`cita-*`); `None` matches any `custom_field`, including none.
     pub custom_field: Option<String>,
-    pub custom_field_matcher: Option<globset::GlobMatcher>,
+    /// A set of one glob rather than a `GlobMatcher`: the set matches a `prefix-*` glob by
+    /// its literal instead of compiling a regex (~7 KiB less per reply rule).
+    pub custom_field_matcher: Option<globset::GlobSet>,
     /// Case-insensitive, matched against the trimmed reply text.
     pub text: Option<regex::Regex>,
     pub state: Option<String>,
