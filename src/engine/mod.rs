@@ -96,6 +96,8 @@ pub struct EngineInner {
     balance_low: Mutex<Option<String>>,
     /// The `now` of the scheduler's last completed tick.
     scheduled_through: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+    /// `opt_out.stop` / `opt_out.start` in the form replies are compared in (normalized once).
+    opt_out_keywords: react::OptOutKeywords,
     shutdown: watch::Sender<bool>,
 }
 
@@ -138,6 +140,7 @@ impl Engine {
             last_error: None,
         };
         let (shutdown, _) = watch::channel(false);
+        let config_opt_out = config.opt_out.clone();
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 store,
@@ -156,6 +159,7 @@ impl Engine {
                 last_balance: Mutex::new(None),
                 balance_low: Mutex::new(None),
                 scheduled_through: Mutex::new(None),
+                opt_out_keywords: react::OptOutKeywords::new(&config_opt_out),
                 shutdown,
             }),
             tasks: Arc::new(Mutex::new(Vec::new())),

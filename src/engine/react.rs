@@ -155,7 +155,7 @@ impl Engine {
         // Opt-out keywords are handled before any rule.
         let keyword = normalize_keyword(&text);
         let conversation_key = reply.custom_field.clone();
-        if is_one_of(&self.config.opt_out.stop, &keyword) {
+        if self.opt_out_keywords.stop.contains(&keyword) {
             self.store.opt_out(&OptOut {
                 mobile: reply.mobile.clone(),
                 keyword: text.clone(),
@@ -172,7 +172,7 @@ impl Engine {
             tracing::info!(mobile = %mask(&reply.mobile), "patient opted out");
             return Ok(());
         }
-        if is_one_of(&self.config.opt_out.start, &keyword) {
+        if self.opt_out_keywords.start.contains(&keyword) {
             self.store.opt_in(&reply.mobile)?;
             reply.outcome = "opted_in".into();
             self.store.put_reply(&reply)?;
@@ -378,8 +378,21 @@ fn reply_fingerprint(reply: &Reply) -> String {
 
 /// Upper-case, accents and extra spaces removed: `cancelar  suscripción` = `CANCELAR SUSCRIPCION`.
 /// Whether a normalized reply is one of the configured keywords (as ops wrote them).
-fn is_one_of(keywords: &[String], normalized: &str) -> bool {
-    keywords.iter().any(|k| normalize_keyword(k) == normalized)
+/// The opt-out and opt-in keywords, normalized as replies are.
+#[derive(Debug, Default)]
+pub(crate) struct OptOutKeywords {
+    stop: std::collections::HashSet<String>,
+    start: std::collections::HashSet<String>,
+}
+
+impl OptOutKeywords {
+    pub(crate) fn new(config: &crate::config::OptOutConfig) -> Self {
+        let normalized = |words: &[String]| words.iter().map(|w| normalize_keyword(w)).collect();
+        OptOutKeywords {
+            stop: normalized(&config.stop),
+            start: normalized(&config.start),
+        }
+    }
 }
 
 fn normalize_keyword(text: &str) -> String {
@@ -409,5 +422,21 @@ mod tests {
             "CANCELAR SUSCRIPCION"
         );
         assert_eq!(normalize_keyword("Baja"), "BAJA");
+    }
+
+    #[test]
+    fn configured_keywords_are_compared_in_the_replies_form() {
+        let config = crate::config::OptOutConfig {
+            stop: vec!["no más".into(), "Cancelar  Suscripción".into()],
+            start: vec!["alta".into()],
+        };
+        let k = OptOutKeywords::new(&config);
+        assert!(k.stop.contains(&normalize_keyword("NO MAS")));
+        assert!(k
+            .stop
+            .contains(&normalize_keyword(" cancelar suscripcion ")));
+        assert!(!k.stop.contains(&normalize_keyword("no")));
+        assert!(k.start.contains(&normalize_keyword("ALTA")));
+        assert!(!k.start.contains(&normalize_keyword("no más")));
     }
 }

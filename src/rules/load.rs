@@ -1137,9 +1137,9 @@ impl<'s, 'c> FileWalk<'s, 'c> {
         };
         if let Some(n) = f.get("custom_field") {
             match self.text(n, "reply.custom_field") {
-                Some(pattern) => match globset::Glob::new(&pattern).and_then(|glob| {
-                    globset::GlobSetBuilder::new().add(glob).build()
-                }) {
+                Some(pattern) => match globset::Glob::new(&pattern)
+                    .and_then(|glob| globset::GlobSetBuilder::new().add(glob).build())
+                {
                     Ok(set) => {
                         trigger.custom_field_matcher = Some(set);
                         trigger.custom_field = Some(pattern);
