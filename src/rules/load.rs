@@ -984,7 +984,7 @@ impl<'s, 'c> FileWalk<'s, 'c> {
                 };
                 Trigger::Cron(CronTrigger {
                     expression,
-                    parsed: parse_cron(&normalized).ok(),
+                    parsed: parse_cron(&normalized).ok().map(Box::new),
                     normalized,
                     catch_up,
                 })
