@@ -135,8 +135,8 @@ impl Engine {
         let rules = self.rules();
         // The trigger's view of its conversation, good until the gathered edits are written.
         let mut known = occ.conversation.as_ref();
-        let ctx = self.context(occ, None, known, now)?;
-        if !rule.conditions_hold(&ctx) {
+        let first_ctx = self.context(occ, None, known, now)?;
+        if !rule.conditions_hold(&first_ctx) {
             edits.apply(self, &rule.name, now)?;
             self.record_fired(
                 &rule.name,
@@ -149,17 +149,28 @@ impl Engine {
         let mut conversation_key = occ.custom_field.clone();
         let mut appointment = occ.appointment.clone();
         let mut queued = 0;
+        let mut edits_written = false;
         for (index, action) in rule.actions.iter().enumerate() {
             let entry_key = format!("{}#{index}", occ.key);
             match action {
                 Action::Send(send) => {
-                    let ctx = self.context(occ, conversation_key.as_deref(), known, now)?;
+                    // The context is the first one again unless the send is about another
+                    // conversation or a notify has written this one since (a fan-out's
+                    // reminder builds it once).
+                    let same = conversation_key == occ.custom_field && !edits_written;
+                    let own;
+                    let ctx = if same {
+                        &first_ctx
+                    } else {
+                        own = self.context(occ, conversation_key.as_deref(), known, now)?;
+                        &own
+                    };
                     // The conversation a send belongs to is fixed now, so replies tie back to it;
                     // everything else is rendered again at send time.
                     let rendered_cf = send
                         .custom_field
                         .as_ref()
-                        .and_then(|key| rules.render_text(rule, key, &ctx).ok())
+                        .and_then(|key| rules.render_text(rule, key, ctx).ok())
                         .filter(|cf| !cf.trim().is_empty());
                     let custom_field = rendered_cf
                         .or_else(|| occ.custom_field.clone())
@@ -224,6 +235,7 @@ impl Engine {
                     // The notice shows the conversation as the actions before it left it.
                     edits.apply(self, &rule.name, now)?;
                     known = None;
+                    edits_written = true;
                     let ctx = self.context(occ, conversation_key.as_deref(), known, now)?;
                     let message = notify.message.as_ref().map(|key| {
                         rules

@@ -146,22 +146,25 @@ struct Inner {
     stripes: Box<[Mutex<()>]>,
     /// What each rule did last, not yet written: a fan-out of 100,000 occasions writes each
     /// rule's last deed once per flush instead of 100,000 times.
-    last_deeds: Mutex<std::collections::HashMap<String, Vec<u8>>>,
+    /// (Encoded when written: a fan-out notes 100,000 deeds between two flushes.)
+    last_deeds: Mutex<std::collections::HashMap<String, (String, Fired)>>,
 }
 
 const STRIPES: usize = 64;
 
 impl Inner {
-    fn last_deeds_lock(&self) -> MutexGuard<'_, std::collections::HashMap<String, Vec<u8>>> {
+    fn last_deeds_lock(
+        &self,
+    ) -> MutexGuard<'_, std::collections::HashMap<String, (String, Fired)>> {
         self.last_deeds.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Writes the rules' last deeds noted since the previous flush (before a flush).
     fn write_last_deeds(&self) -> std::result::Result<(), String> {
         let deeds = std::mem::take(&mut *self.last_deeds_lock());
-        for (rule, value) in deeds {
+        for (rule, (occasion, fired)) in deeds {
             self.meta
-                .insert(format!("last/{rule}"), value)
+                .insert(format!("last/{rule}"), last_deed(&occasion, &fired))
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
@@ -200,6 +203,11 @@ fn queue_key(not_before: DateTime<Utc>, key: &str) -> Vec<u8> {
 
 fn mobile_key(mobile: &str, key: &str) -> Vec<u8> {
     cat(&[b"m", mobile.as_bytes(), &[0], key.as_bytes()])
+}
+
+/// A rule's last deed as stored under `last/{rule}` and shown by the API.
+fn last_deed(occasion: &str, fired: &Fired) -> Vec<u8> {
+    to_vec(&serde_json::json!({"occasion": occasion, "at": fired.at, "outcome": fired.outcome}))
 }
 
 fn cat(parts: &[&[u8]]) -> Vec<u8> {
@@ -772,16 +780,29 @@ impl Store {
     /// What a rule did last (its latest occasion and outcome). Kept in memory and written
     /// with the next [`Store::durable`].
     pub fn set_rule_last(&self, rule: &str, occasion: &str, fired: &Fired) -> Result<()> {
-        let value =
-            serde_json::json!({"occasion": occasion, "at": fired.at, "outcome": fired.outcome});
-        self.inner
-            .last_deeds_lock()
-            .insert(rule.to_string(), to_vec(&value));
+        let mut deeds = self.inner.last_deeds_lock();
+        match deeds.get_mut(rule) {
+            // The common case in a fan-out: reuse the rule's slot and strings.
+            Some((o, f)) => {
+                o.clear();
+                o.push_str(occasion);
+                f.at = fired.at;
+                f.outcome.clear();
+                f.outcome.push_str(&fired.outcome);
+            }
+            None => {
+                deeds.insert(rule.to_string(), (occasion.to_string(), fired.clone()));
+            }
+        }
         Ok(())
     }
 
     pub fn rule_last(&self, rule: &str) -> Result<Option<serde_json::Value>> {
-        let pending = self.inner.last_deeds_lock().get(rule).cloned();
+        let pending = self
+            .inner
+            .last_deeds_lock()
+            .get(rule)
+            .map(|(occasion, fired)| last_deed(occasion, fired));
         let value = match pending {
             Some(v) => Some(v),
             None => self
