@@ -19,8 +19,9 @@ pub async fn run(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
         tracing::warn!("no `api.token` (or RECUERDA_API_TOKEN): the /api/v1 endpoints answer 401 until one is set");
     }
     let listen = args.listen.unwrap_or(config.listen);
+    let store = crate::app::open_store(&config)?;
     let rules = crate::app::load_rules(&config)?;
-    let running = crate::app::start(config, rules, Arc::new(SystemClock), listen)
+    let running = crate::app::start_with(config, store, rules, Arc::new(SystemClock), listen)
         .await
         .context("cannot start the engine")?;
     tracing::info!(addr = %running.addr, "recuerda is serving (webhook at /webhook/***)");

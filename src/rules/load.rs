@@ -984,7 +984,7 @@ impl<'s, 'c> FileWalk<'s, 'c> {
                 };
                 Trigger::Cron(CronTrigger {
                     expression,
-                    parsed: parse_cron(&normalized).ok().map(Box::new),
+                    parsed: parse_cron(&normalized).ok(),
                     normalized,
                     catch_up,
                 })
