@@ -158,6 +158,18 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             ],
         ),
         (
+            "recuerda_store_flushes_total",
+            "counter",
+            "Store flushes (group commits).",
+            vec![("", e.store.flush_stats().0)],
+        ),
+        (
+            "recuerda_store_flushed_waits_total",
+            "counter",
+            "Waits for durability the flushes answered (per flush: how well writes are grouped).",
+            vec![("", e.store.flush_stats().1)],
+        ),
+        (
             "recuerda_outbox_depth",
             "gauge",
             "Entries waiting in the outbox.",

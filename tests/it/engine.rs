@@ -347,6 +347,9 @@ async fn send_then_sent_delivered_read_and_replays_change_nothing() {
     );
     assert_eq!(value("recuerda_dead_letters_total"), 0.0);
     assert_eq!(value("recuerda_outbox_depth"), 0.0);
+    let flushes = value("recuerda_store_flushes_total");
+    assert!(flushes > 0.0, "{metrics}");
+    assert!(value("recuerda_store_flushed_waits_total") >= flushes);
     assert!(
         metrics.contains("recuerda_dispatch_seconds"),
         "latency histogram:\n{metrics}"
