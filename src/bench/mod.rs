@@ -768,6 +768,7 @@ async fn start_up(o: &Options, out: &mut String) -> Result<Vec<Check>, BenchErro
     tokio::time::sleep(idle_for).await;
     let idle_cpu = server.cpu_seconds() - cpu0;
     let rss = server.rss_kib();
+    let (anon, file) = server.rss_anon_file_kib();
     let _ = writeln!(
         out,
         "  ready after                {} (median of 3; {})",
@@ -781,6 +782,12 @@ async fn start_up(o: &Options, out: &mut String) -> Result<Vec<Check>, BenchErro
         idle_for.as_secs_f64(),
         mib(server.peak_rss_kib()),
         idle_cpu * 1000.0 / idle_for.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "  idle RSS split             {} private (heap, stacks), {} mapped from files (code, read-only data)",
+        mib(anon),
+        mib(file)
     );
     server.stop().await;
     Ok(vec![

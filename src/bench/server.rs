@@ -232,6 +232,15 @@ impl Server {
         status_kib(self.pid, "VmHWM").unwrap_or(0)
     }
 
+    /// RSS split: private memory (heap, stacks) and pages mapped from files (the binary's code
+    /// and read-only data, shared with every other process running it).
+    pub fn rss_anon_file_kib(&self) -> (u64, u64) {
+        (
+            status_kib(self.pid, "RssAnon").unwrap_or(0),
+            status_kib(self.pid, "RssFile").unwrap_or(0),
+        )
+    }
+
     /// A counter from `/metrics` (the first sample named `name`, labels included).
     pub async fn metric(&self, http: &reqwest::Client, name: &str) -> Option<u64> {
         let text = http
