@@ -364,6 +364,24 @@ async fn wait_for_metric(
 
 const SENT_METRIC: &str = "recuerda_sends_result_total{result=\"sent\"}";
 
+/// How well the store grouped its flushes since the server started (group commit at work).
+async fn flush_line(server: &Server, http: &reqwest::Client) -> String {
+    let flushes = server
+        .metric(http, "recuerda_store_flushes_total")
+        .await
+        .unwrap_or(0);
+    let waits = server
+        .metric(http, "recuerda_store_flushed_waits_total")
+        .await
+        .unwrap_or(0);
+    format!(
+        "  store flushes              {} for {} waits since start ({:.1} per flush)\n",
+        thousands(flushes),
+        thousands(waits),
+        waits as f64 / flushes.max(1) as f64
+    )
+}
+
 /// Samples the server's resident memory every 20 ms; the highest seen, in KiB.
 struct RssSampler {
     max: Arc<AtomicU64>,
@@ -515,6 +533,7 @@ async fn status_callbacks(o: &Options, out: &mut String) -> Result<Vec<Check>, B
         mib(peak),
         server.logged_problems()
     );
+    out.push_str(&flush_line(&server, &http).await);
     server.stop().await;
     Ok(vec![
         micros_check(Scenario::A, "CPU per callback", us, 40.0),
@@ -573,6 +592,7 @@ async fn replies(o: &Options, out: &mut String) -> Result<Vec<Check>, BenchError
         mib(server.peak_rss_kib()),
         server.logged_problems()
     );
+    out.push_str(&flush_line(&server, &http).await);
     server.stop().await;
     let missing = r.ok.saturating_sub(sends) + sink.malformed();
     Ok(vec![
@@ -713,6 +733,7 @@ async fn fan_out(o: &Options, out: &mut String) -> Result<Vec<Check>, BenchError
         mib(server.peak_rss_kib()),
         server.logged_problems()
     );
+    out.push_str(&flush_line(&server, &http).await);
     server.stop().await;
     // Sends still queued when the wait ended are slowness (the dispatch rate shows it), not errors.
     let errors = queued.abs_diff(n) + sink.malformed();

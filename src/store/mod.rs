@@ -316,11 +316,7 @@ impl Store {
         let inner = store.inner;
         // The flusher holds the store weakly, so dropping the last `Store` closes sled (and
         // releases its lock) at once, not whenever the flusher task next runs.
-        let weak = Arc::downgrade(&inner);
-        std::thread::Builder::new()
-            .name("recuerda-flush".into())
-            .spawn(move || flusher(flush_rx, weak))
-            .map_err(|e| StoreError::Io(format!("cannot start the store's flush thread: {e}")))?;
+        tokio::spawn(flusher(flush_rx, Arc::downgrade(&inner)));
         Ok(Store { inner })
     }
 
@@ -1093,33 +1089,37 @@ impl Store {
     }
 }
 
-/// Group commit, on a thread of its own: one sled flush serves every write made before it.
-/// Under load (the previous flush served `LINGER_AFTER` waiters or more) it waits
-/// `LINGER` before flushing, so more writers share each flush; a lone writer never waits.
-fn flusher(
+/// Group commit: one sled flush serves every write made before it.
+///
+/// Waiting a little before flushing while busy (300 µs once the last flush served 8 or more
+/// waiters) cut flushes per reply 2.4× and CPU per event ~10 % in the benchmark, but a test
+/// that stops the engine, writes to the store itself and restarts it then hung now and then
+/// (README, "Third pass"): not kept until that is understood.
+async fn flusher(
     mut rx: mpsc::UnboundedReceiver<oneshot::Sender<std::result::Result<(), String>>>,
     inner: std::sync::Weak<Inner>,
 ) {
-    let mut busy = false;
-    while let Some(first) = rx.blocking_recv() {
-        if busy {
-            std::thread::sleep(LINGER);
-        }
+    while let Some(first) = rx.recv().await {
         // Everyone queued now wrote before this flush starts, so one flush covers them all.
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
-        busy = waiters.len() >= LINGER_AFTER;
         let result = match inner.upgrade() {
             Some(inner) => {
                 inner.flushes.fetch_add(1, Ordering::Relaxed);
                 inner
                     .flush_waiters
                     .fetch_add(waiters.len() as u64, Ordering::Relaxed);
-                let result = inner
-                    .write_last_deeds()
-                    .and_then(|()| inner.db.flush().map(|_| ()).map_err(|e| e.to_string()));
+                let result = match inner.write_last_deeds() {
+                    Ok(()) => inner
+                        .db
+                        .flush_async()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
                 inner
                     .write_failing
                     .store(result.is_err(), Ordering::Relaxed);
@@ -1132,12 +1132,6 @@ fn flusher(
         }
     }
 }
-
-// 300 µs: measured against none, 600 µs and 1 ms (README, "Performance"). Flushes per
-// reply fell 2.4× and CPU per event ~10 %; at 1 ms the callbacks scenario lost throughput
-// (its 50 clients wait on each flush).
-const LINGER: std::time::Duration = std::time::Duration::from_micros(300);
-const LINGER_AFTER: usize = 8;
 
 #[cfg(test)]
 mod tests {
