@@ -133,9 +133,7 @@ impl Engine {
             return Ok(Ran::AlreadyFired);
         }
         let rules = self.rules();
-        // The trigger's view of its conversation, good until the gathered edits are written.
-        let mut known = occ.conversation.as_ref();
-        let first_ctx = self.context(occ, None, known, now)?;
+        let first_ctx = self.context(occ, None, occ.conversation.as_ref(), now)?;
         if !rule.conditions_hold(&first_ctx) {
             edits.apply(self, &rule.name, now)?;
             self.record_fired(
@@ -149,6 +147,8 @@ impl Engine {
         let mut conversation_key = occ.custom_field.clone();
         let mut appointment = occ.appointment.clone();
         let mut queued = 0;
+        // Once a notify has written the gathered edits, the trigger's view of its conversation
+        // (`occ.conversation`) is stale: contexts read the conversation again.
         let mut edits_written = false;
         for (index, action) in rule.actions.iter().enumerate() {
             let entry_key = format!("{}#{index}", occ.key);
@@ -162,6 +162,7 @@ impl Engine {
                     let ctx = if same {
                         &first_ctx
                     } else {
+                        let known = occ.conversation.as_ref().filter(|_| !edits_written);
                         own = self.context(occ, conversation_key.as_deref(), known, now)?;
                         &own
                     };
@@ -234,9 +235,8 @@ impl Engine {
                 Action::Notify(notify) => {
                     // The notice shows the conversation as the actions before it left it.
                     edits.apply(self, &rule.name, now)?;
-                    known = None;
                     edits_written = true;
-                    let ctx = self.context(occ, conversation_key.as_deref(), known, now)?;
+                    let ctx = self.context(occ, conversation_key.as_deref(), None, now)?;
                     let message = notify.message.as_ref().map(|key| {
                         rules
                             .render_text(rule, key, &ctx)

@@ -140,7 +140,7 @@ impl Engine {
             last_error: None,
         };
         let (shutdown, _) = watch::channel(false);
-        let config_opt_out = config.opt_out.clone();
+        let opt_out_keywords = react::OptOutKeywords::new(&config.opt_out);
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 store,
@@ -159,7 +159,7 @@ impl Engine {
                 last_balance: Mutex::new(None),
                 balance_low: Mutex::new(None),
                 scheduled_through: Mutex::new(None),
-                opt_out_keywords: react::OptOutKeywords::new(&config_opt_out),
+                opt_out_keywords,
                 shutdown,
             }),
             tasks: Arc::new(Mutex::new(Vec::new())),

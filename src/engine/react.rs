@@ -379,7 +379,7 @@ fn reply_fingerprint(reply: &Reply) -> String {
 /// Upper-case, accents and extra spaces removed: `cancelar  suscripción` = `CANCELAR SUSCRIPCION`.
 /// Whether a normalized reply is one of the configured keywords (as ops wrote them).
 /// The opt-out and opt-in keywords, normalized as replies are.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct OptOutKeywords {
     stop: std::collections::HashSet<String>,
     start: std::collections::HashSet<String>,

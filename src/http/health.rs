@@ -87,6 +87,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         .last_error
         .is_none();
     let running = matches!(e.dispatch_state(), DispatchState::Running);
+    let (flushes, flush_waits) = e.store.flush_stats();
     let families: Vec<Family> = vec![
         (
             "recuerda_webhook_events_total",
@@ -161,13 +162,13 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             "recuerda_store_flushes_total",
             "counter",
             "Store flushes (group commits).",
-            vec![("", e.store.flush_stats().0)],
+            vec![("", flushes)],
         ),
         (
             "recuerda_store_flushed_waits_total",
             "counter",
             "Waits for durability the flushes answered (per flush: how well writes are grouped).",
-            vec![("", e.store.flush_stats().1)],
+            vec![("", flush_waits)],
         ),
         (
             "recuerda_outbox_depth",
