@@ -25,11 +25,24 @@ pub async fn run(args: ServeArgs, mut config: Config) -> anyhow::Result<()> {
         .await
         .context("cannot start the engine")?;
     tracing::info!(addr = %running.addr, "recuerda is serving (webhook at /webhook/***)");
-    crate::app::release_freed_memory();
+    release_startup_memory();
+    // The engine's first round of background work (recovery, the first scheduler tick and
+    // balance check) runs just after listening and faults in code of its own: release again
+    // once it is over.
+    tokio::spawn(async {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        release_startup_memory();
+    });
     wait_for_stop(&running.engine).await;
     tracing::info!("shutting down: finishing in-flight sends and flushing the store");
     running.shutdown().await;
     Ok(())
+}
+
+fn release_startup_memory() {
+    crate::app::release_freed_memory();
+    let released = crate::app::release_startup_code();
+    tracing::debug!(bytes = released, "start-up memory released");
 }
 
 /// Waits for SIGINT or SIGTERM; reloads the rules on SIGHUP.
