@@ -15,7 +15,7 @@ impl Engine {
             let next = self.clock.now() + poll;
             tokio::select! {
                 _ = self.clock.sleep_until(next) => {}
-                _ = shutdown.changed() => return,
+                _ = super::stop_requested(&mut shutdown) => return,
             }
             if *shutdown.borrow() {
                 return;

@@ -121,7 +121,7 @@ impl Engine {
                 DispatchState::Stopped(_) => {
                     tokio::select! {
                         _ = self.dispatch_wake.notified() => {}
-                        _ = shutdown.changed() => {}
+                        _ = super::stop_requested(&mut shutdown) => {}
                     }
                     continue;
                 }
@@ -154,7 +154,7 @@ impl Engine {
                 tokio::select! {
                     _ = self.dispatch_wake.notified() => {}
                     _ = self.clock.sleep_until(wake_at) => {}
-                    _ = shutdown.changed() => {}
+                    _ = super::stop_requested(&mut shutdown) => {}
                     // Entries in flight finish and may requeue: look again soon.
                     _ = tokio::time::sleep(Duration::from_millis(200)), if !in_flight.lock().unwrap_or_else(|e| e.into_inner()).is_empty() => {}
                 }
@@ -221,7 +221,7 @@ impl Engine {
             tokio::select! {
                 _ = self.clock.sleep_until(wait) => {}
                 _ = self.dispatch_wake.notified() => {}
-                _ = shutdown.changed() => return,
+                _ = super::stop_requested(shutdown) => return,
             }
             if *shutdown.borrow() {
                 return;

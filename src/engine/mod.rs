@@ -286,3 +286,10 @@ impl Engine {
         self.shutdown.subscribe()
     }
 }
+
+/// Resolves once the engine is told to stop, at once if it already was. (`changed()` would
+/// wait for a change after the receiver was made: a task first run after the stop, as when
+/// a stop follows a start at once, would then never see it.)
+pub(crate) async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}

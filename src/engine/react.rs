@@ -74,7 +74,7 @@ impl Engine {
             }
             tokio::select! {
                 _ = self.inbox_wake.notified() => {}
-                _ = shutdown.changed() => {}
+                _ = super::stop_requested(&mut shutdown) => {}
                 _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
             }
         }

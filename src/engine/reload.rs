@@ -73,7 +73,7 @@ impl Engine {
                     while rx.try_recv().is_ok() {}
                 }
                 _ = tokio::time::sleep(self.config.schedule.reload_poll) => {}
-                _ = shutdown.changed() => return,
+                _ = super::stop_requested(&mut shutdown) => return,
             }
             if *shutdown.borrow() {
                 return;

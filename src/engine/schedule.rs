@@ -415,7 +415,7 @@ impl Engine {
             tokio::select! {
                 _ = self.clock.sleep_until(wake_at) => {}
                 _ = self.schedule_wake.notified() => {}
-                _ = shutdown.changed() => {}
+                _ = super::stop_requested(&mut shutdown) => {}
             }
         }
     }

@@ -699,6 +699,31 @@ async fn a_delivery_event_that_arrives_before_the_send_is_recorded_is_applied_wh
     t.shutdown().await;
 }
 
+/// The engine's tasks may first run only after the stop was asked for (a stop right after a
+/// start, on a busy machine). Each must still see it: a task that subscribed to the stop
+/// signal after it was sent used to wait for a change that never came (the balance guard
+/// until its next 15-minute poll), and the stop with it.
+#[tokio::test]
+async fn an_engine_stopped_before_its_tasks_first_ran_stops_at_once() {
+    let mut t = spawn_app(RULES, sim_config(), |_| {}).await;
+    t.stop_engine().await;
+    // A current-thread runtime: nothing between the start and the stop below yields, so no
+    // task of the engine has run when it is told to stop.
+    let rules = app::load_rules(&t.config).expect("test rules load");
+    let running = app::start(
+        t.config.clone(),
+        rules,
+        t.clock.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .expect("engine starts");
+    tokio::time::timeout(Duration::from_secs(10), running.engine.shutdown())
+        .await
+        .expect("the engine stops within 10 s");
+    running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_booking_whose_reactions_a_crash_cut_short_still_gets_them() {
     let mut t = spawn_app(RULES, sim_config(), |_| {}).await;
