@@ -10,6 +10,8 @@ use crate::rules::{LatePolicy, Rule, Trigger};
 use crate::store::DueEntry;
 use chrono::{DateTime, Utc};
 use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// The longest reminder offset we re-plan for when rules change (appointments that started
 /// longer ago than this are left alone).
@@ -336,17 +338,7 @@ impl Engine {
                 // At most this many (statuses are filtered as the appointments are read).
                 let upper_bound = self.store.count_appointments_starting(from, to);
                 self.check_fan_out(&rule.name, upper_bound * sends_each);
-                for appt in self.store.appointments_starting_iter(from, to) {
-                    let appt = appt?;
-                    if !for_each.status.is_empty()
-                        && !for_each.status.iter().any(|s| s == appt.status.as_str())
-                    {
-                        continue;
-                    }
-                    if let Ran::Done { .. } = self.fire_reminder(rule, &appt, now)? {
-                        ran += 1;
-                    }
-                }
+                ran = self.fan_out(rule, for_each, from, to, now)?;
                 self.record_fired(
                     &rule.name,
                     &format!("cron:{}:{}", rule.name, slot.to_rfc3339()),
@@ -366,6 +358,78 @@ impl Engine {
         }
         tracing::info!(rule = %rule.name, slot = %slot.to_rfc3339(), ran, "cron rule fired");
         Ok(ran)
+    }
+
+    /// Runs `rule` once for each appointment starting in `[from, to)` (of the wanted
+    /// statuses) on a few threads: each reminder is store work (about five sled operations),
+    /// and one thread left the other core to the dispatcher alone while 100,000 were queued.
+    /// Occasions are independent (their own keys and per-record locks), so the order among
+    /// them does not matter. Stops at the first error, as a single loop would; occasions
+    /// already run are kept and a later firing skips them. Returns how many ran.
+    fn fan_out(
+        &self,
+        rule: &Rule,
+        for_each: &crate::rules::ForEach,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<usize, EngineError> {
+        const BATCH: usize = 64;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 4);
+        let appointments = Mutex::new(self.store.appointments_starting_iter(from, to));
+        let ran = AtomicUsize::new(0);
+        let failed: Mutex<Option<EngineError>> = Mutex::new(None);
+        let work = || {
+            while failed.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+                let batch: Vec<_> = appointments
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .by_ref()
+                    .take(BATCH)
+                    .collect();
+                if batch.is_empty() {
+                    return;
+                }
+                for appt in batch {
+                    let outcome = appt.map_err(EngineError::from).and_then(|appt| {
+                        let wanted = for_each.status.is_empty()
+                            || for_each.status.iter().any(|s| s == appt.status.as_str());
+                        if !wanted {
+                            return Ok(false);
+                        }
+                        Ok(matches!(
+                            self.fire_reminder(rule, &appt, now)?,
+                            Ran::Done { .. }
+                        ))
+                    });
+                    match outcome {
+                        Ok(true) => {
+                            ran.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            failed
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(e);
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        std::thread::scope(|scope| {
+            for _ in 1..threads {
+                scope.spawn(work);
+            }
+            work();
+        });
+        match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(ran.into_inner()),
+        }
     }
 
     /// The next moment the scheduler has something to do.

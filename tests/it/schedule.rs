@@ -477,3 +477,59 @@ async fn a_fan_out_the_balance_cannot_cover_is_reported_and_notified() {
     .await;
     t.shutdown().await;
 }
+
+/// A fan-out runs on several threads: every wanted appointment gets its reminder exactly once,
+/// the others none, and a second firing by hand repeats nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_on_several_threads_reminds_each_wanted_appointment_once() {
+    let clock = Arc::new(ManualClock::new(bogota(4, 7, 55)));
+    let t = spawn_app_with_clock(RULES, sim_config(), clock.clone(), |c| {
+        c.provider.rate_per_second = 5_000;
+    })
+    .await;
+    let engine = t.app().engine.clone();
+    // 300 tomorrow (several batches per thread); every fifth is cancelled.
+    for i in 0..300 {
+        let start = bogota(5, 7, 0) + Days::minutes(2 * i);
+        let status = if i % 5 == 0 { "cancelled" } else { "scheduled" };
+        let body = json!({
+            "mobile": format!("573040{i:06}"),
+            "start": start.to_rfc3339(),
+            "paciente": "Ana",
+            "status": status,
+        });
+        engine
+            .upsert_appointment(&format!("F{i:03}"), &body)
+            .unwrap();
+    }
+    settle(&t).await;
+    step_to(&t, &clock, bogota(4, 8, 0), Days::minutes(1)).await;
+    super::engine::eventually("the 240 reminders reach the provider", || async {
+        (sends_of(&t, 990) >= 240).then_some(())
+    })
+    .await;
+    settle(&t).await;
+    let mut reminded: Vec<String> = t
+        .sim
+        .sends()
+        .iter()
+        .filter(|s| s.template_id == 990)
+        .map(|s| s.mobile.clone())
+        .collect();
+    reminded.sort();
+    let expected: Vec<String> = (0..300)
+        .filter(|i| i % 5 != 0)
+        .map(|i| format!("573040{i:06}"))
+        .collect();
+    assert_eq!(
+        reminded, expected,
+        "each scheduled appointment once, no cancelled one"
+    );
+    assert_eq!(
+        engine.run_rule_now("dia-antes").unwrap(),
+        0,
+        "nothing repeats"
+    );
+    settle(&t).await;
+    assert_eq!(sends_of(&t, 990), 240);
+}
