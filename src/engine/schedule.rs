@@ -363,9 +363,10 @@ impl Engine {
     /// Runs `rule` once for each appointment starting in `[from, to)` (of the wanted
     /// statuses) on a few threads: each reminder is store work (about five sled operations),
     /// and one thread left the other core to the dispatcher alone while 100,000 were queued.
-    /// Occasions are independent (their own keys and per-record locks), so the order among
-    /// them does not matter. Stops at the first error, as a single loop would; occasions
-    /// already run are kept and a later firing skips them. Returns how many ran.
+    /// This thread reads the appointments and hands them out by patient mobile, so one
+    /// patient's reminders (which may share a conversation) still run one after the other in
+    /// start order. Stops handing out work at the first error; occasions already run are kept
+    /// and a later firing skips them. Returns how many ran.
     fn fan_out(
         &self,
         rule: &Rule,
@@ -378,53 +379,69 @@ impl Engine {
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, 4);
-        let appointments = Mutex::new(self.store.appointments_starting_iter(from, to));
         let ran = AtomicUsize::new(0);
         let failed: Mutex<Option<EngineError>> = Mutex::new(None);
-        let work = || {
-            while failed.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
-                let batch: Vec<_> = appointments
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .by_ref()
-                    .take(BATCH)
-                    .collect();
-                if batch.is_empty() {
-                    return;
-                }
-                for appt in batch {
-                    let outcome = appt.map_err(EngineError::from).and_then(|appt| {
-                        let wanted = for_each.status.is_empty()
-                            || for_each.status.iter().any(|s| s == appt.status.as_str());
-                        if !wanted {
-                            return Ok(false);
-                        }
-                        Ok(matches!(
-                            self.fire_reminder(rule, &appt, now)?,
-                            Ran::Done { .. }
-                        ))
-                    });
-                    match outcome {
-                        Ok(true) => {
-                            ran.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            failed
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .get_or_insert(e);
-                            return;
-                        }
-                    }
-                }
-            }
+        let fail = |e: EngineError| {
+            failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(e);
+        };
+        let has_failed = || failed.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        let wanted = |appt: &Appointment| {
+            for_each.status.is_empty() || for_each.status.iter().any(|s| s == appt.status.as_str())
         };
         std::thread::scope(|scope| {
-            for _ in 1..threads {
-                scope.spawn(work);
+            let mut workers = Vec::with_capacity(threads);
+            for _ in 0..threads {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Appointment>>(4);
+                workers.push(tx);
+                let (ran, fail, has_failed) = (&ran, &fail, &has_failed);
+                scope.spawn(move || {
+                    for batch in rx {
+                        for appt in batch {
+                            if has_failed() {
+                                return;
+                            }
+                            match self.fire_reminder(rule, &appt, now) {
+                                Ok(Ran::Done { .. }) => {
+                                    ran.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Ok(_) => {}
+                                Err(e) => return fail(e),
+                            }
+                        }
+                    }
+                });
             }
-            work();
+            let mut pending: Vec<Vec<Appointment>> = vec![Vec::new(); threads];
+            for appt in self.store.appointments_starting_iter(from, to) {
+                if has_failed() {
+                    break;
+                }
+                let appt = match appt {
+                    Ok(a) => a,
+                    Err(e) => {
+                        fail(e.into());
+                        break;
+                    }
+                };
+                if !wanted(&appt) {
+                    continue;
+                }
+                let w = worker_for(&appt.mobile, threads);
+                pending[w].push(appt);
+                if pending[w].len() >= BATCH {
+                    // A worker gone (it failed) is noticed at the next appointment.
+                    let _ = workers[w].send(std::mem::take(&mut pending[w]));
+                }
+            }
+            for (tx, batch) in workers.iter().zip(pending) {
+                if !batch.is_empty() {
+                    let _ = tx.send(batch);
+                }
+            }
+            drop(workers);
         });
         match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
             Some(e) => Err(e),
@@ -601,4 +618,12 @@ pub enum UpsertError {
 /// The occasion of a reminder: (rule, appointment, appointment start).
 fn reminder_occasion(rule: &str, appointment: &str, start: DateTime<Utc>) -> String {
     format!("remind:{rule}:{appointment}:{}", start.to_rfc3339())
+}
+
+/// Which fan-out worker takes a patient's reminders (the same one for all of them).
+fn worker_for(mobile: &str, workers: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    mobile.hash(&mut h);
+    (h.finish() % workers.max(1) as u64) as usize
 }
