@@ -388,9 +388,6 @@ impl Engine {
                 .get_or_insert(e);
         };
         let has_failed = || failed.lock().unwrap_or_else(|e| e.into_inner()).is_some();
-        let wanted = |appt: &Appointment| {
-            for_each.status.is_empty() || for_each.status.iter().any(|s| s == appt.status.as_str())
-        };
         std::thread::scope(|scope| {
             let mut workers = Vec::with_capacity(threads);
             for _ in 0..threads {
@@ -426,7 +423,7 @@ impl Engine {
                         break;
                     }
                 };
-                if !wanted(&appt) {
+                if !for_each.selects(appt.status.as_str()) {
                     continue;
                 }
                 let w = worker_for(&appt.mobile, threads);
@@ -536,10 +533,7 @@ impl Engine {
                 self.store
                     .appointments_starting(from, to)?
                     .into_iter()
-                    .filter(|a| {
-                        for_each.status.is_empty()
-                            || for_each.status.iter().any(|s| s == a.status.as_str())
-                    })
+                    .filter(|a| for_each.selects(a.status.as_str()))
                     .map(Some)
                     .collect()
             }

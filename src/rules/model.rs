@@ -139,6 +139,13 @@ pub struct ForEach {
     pub status: Vec<String>,
 }
 
+impl ForEach {
+    /// Whether an appointment with this status is selected (no statuses listed: any).
+    pub fn selects(&self, status: &str) -> bool {
+        self.status.is_empty() || self.status.iter().any(|s| s == status)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartsSelector {
     /// The fire time's calendar day, in the rule's zone.
