@@ -214,17 +214,23 @@ pub async fn spawn_app_with_clock(
 impl TestApp {
     /// Starts the engine on the test's store folder (again, after `stop_engine`).
     pub async fn start_engine(&mut self) {
+        let running = self.launch().await;
+        self.sim.set_webhook_url(running.webhook_url()).unwrap();
+        self.app = Some(running);
+    }
+
+    /// A running engine on the test's config, clock and store folder, not yet tied to the
+    /// simulator. Nothing in it yields once the engine's tasks are spawned.
+    pub async fn launch(&self) -> Running {
         let rules = app::load_rules(&self.config).expect("test rules load");
-        let running = app::start(
+        app::start(
             self.config.clone(),
             rules,
             self.clock.clone(),
             "127.0.0.1:0".parse().unwrap(),
         )
         .await
-        .expect("engine starts");
-        self.sim.set_webhook_url(running.webhook_url()).unwrap();
-        self.app = Some(running);
+        .expect("engine starts")
     }
 
     /// Stops the engine cleanly, keeping its store folder and the simulator.
@@ -709,15 +715,7 @@ async fn an_engine_stopped_before_its_tasks_first_ran_stops_at_once() {
     t.stop_engine().await;
     // A current-thread runtime: nothing between the start and the stop below yields, so no
     // task of the engine has run when it is told to stop.
-    let rules = app::load_rules(&t.config).expect("test rules load");
-    let running = app::start(
-        t.config.clone(),
-        rules,
-        t.clock.clone(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .expect("engine starts");
+    let running = t.launch().await;
     tokio::time::timeout(Duration::from_secs(10), running.engine.shutdown())
         .await
         .expect("the engine stops within 10 s");
