@@ -29,6 +29,9 @@ pub(crate) struct Occasion {
     /// That conversation as the trigger left it (note included), so the actions' contexts
     /// need not read it back.
     pub conversation: Option<Conversation>,
+    /// The occasion's key names an event first seen now (a fresh reply's id): it cannot have
+    /// fired or queued anything yet, so those reads are skipped.
+    pub fresh: bool,
 }
 
 /// A trigger's line in a conversation: who wrote and what.
@@ -115,7 +118,7 @@ impl Engine {
 
     /// Runs `rule`'s actions for `occ` once: a second call with the same occasion key does
     /// nothing.
-    #[tracing::instrument(level = "info", skip_all, fields(rule = %rule.name, occasion = %occ.key, appointment = ?occ.appointment.as_ref().map(|a| &a.id)))]
+    #[tracing::instrument(level = "debug", skip_all, fields(rule = %rule.name, occasion = %occ.key, appointment = ?occ.appointment.as_ref().map(|a| &a.id)))]
     pub(crate) fn run_actions(
         &self,
         rule: &Rule,
@@ -128,7 +131,7 @@ impl Engine {
         if let Some(note) = &occ.note {
             edits.push(&note.custom_field, Edit::Note(note.clone()));
         }
-        if self.store.fired(&occ.key)?.is_some() {
+        if !occ.fresh && self.store.fired(&occ.key)?.is_some() {
             edits.apply(self, &rule.name, now)?;
             return Ok(Ran::AlreadyFired);
         }
@@ -186,7 +189,12 @@ impl Engine {
                         Some(custom_field.clone()),
                         now,
                     );
-                    if self.store.enqueue(&entry)? {
+                    let added = if occ.fresh {
+                        self.store.enqueue_new(&entry)?
+                    } else {
+                        self.store.enqueue(&entry)?
+                    };
+                    if added {
                         queued += 1;
                         let mobile = appointment
                             .as_ref()

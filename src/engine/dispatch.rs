@@ -237,7 +237,7 @@ impl Engine {
     }
 
     /// Sends (or notifies) one entry and records the outcome.
-    #[tracing::instrument(level = "info", skip_all, fields(rule = %known.entry.rule, key = %known.entry.key, appointment = ?known.entry.appointment_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(rule = %known.entry.rule, key = %known.entry.key, appointment = ?known.entry.appointment_id))]
     async fn dispatch_one(&self, known: KnownEntry) -> Result<(), EngineError> {
         match &known.entry.kind {
             OutboxKind::Notify { endpoint } => {
@@ -563,7 +563,7 @@ impl Engine {
                 Counters::bump(&self.counters.sends_ok);
                 metrics::counter!("recuerda_sends_total", "rule" => entry.rule.clone(), "result" => "sent").increment(1);
                 if let Some(e) = updated.as_ref().map(|k| &k.entry) {
-                    tracing::info!(rule = %e.rule, message_id = %message_id, mobile = %super::mask(e.mobile.as_deref().unwrap_or("")), "sent");
+                    tracing::info!(rule = %e.rule, key = %e.key, message_id = %message_id, mobile = %super::mask(e.mobile.as_deref().unwrap_or("")), "sent");
                     // "sent" lives in the message's timeline (the conversation's API view lists
                     // its messages): no conversation write per send.
                     self.plan_no_reply(e, now)?;

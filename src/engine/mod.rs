@@ -98,6 +98,10 @@ pub struct EngineInner {
     scheduled_through: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
     /// `opt_out.stop` / `opt_out.start` in the form replies are compared in (normalized once).
     opt_out_keywords: react::OptOutKeywords,
+    /// Reactions to webhook events run one at a time, in arrival order: a reply's rule reads
+    /// the state the previous reply set, and sled's hot leaves (time-ordered keys) are not
+    /// fought over by concurrent writers (tried: per-conversation turns cost more CPU).
+    reacting: tokio::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -160,6 +164,7 @@ impl Engine {
                 balance_low: Mutex::new(None),
                 scheduled_through: Mutex::new(None),
                 opt_out_keywords,
+                reacting: tokio::sync::Mutex::new(()),
                 shutdown,
             }),
             tasks: Arc::new(Mutex::new(Vec::new())),

@@ -11,6 +11,15 @@ use crate::rules::{EventKind, Trigger};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+/// Whether a webhook event was never seen before: processed at once under an id minted for
+/// it, nothing can carry that id yet, so the checks for an earlier half-done run are skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fresh {
+    Yes,
+    /// From the inbox: it may have been processed in part before.
+    Replay,
+}
+
 /// What the webhook endpoint answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Intake {
@@ -25,15 +34,14 @@ pub enum Intake {
 const DEAD_LETTER_MAX: usize = 64 * 1024;
 
 impl Engine {
-    /// Takes one webhook body: stores it (durably) before answering. The reaction runs in the
-    /// processor task, so a slow rule never delays the provider's callback.
+    /// Takes one webhook body, durably, before answering. The reaction runs here when nothing
+    /// older waits in the inbox, else in the processor task.
     pub async fn accept_webhook(&self, body: &[u8]) -> Result<Intake, EngineError> {
         Counters::bump(&self.counters.webhook_events);
         let now = self.clock.now();
         let intake = match webhook::parse(body) {
-            Ok(_) => {
-                // Kept as received: the inbox never holds anything the parser would not take.
-                self.store.push_inbox(now, body)?;
+            Ok(event) => {
+                self.take_event(event, body, now).await?;
                 Intake::Accepted
             }
             Err(e) => {
@@ -55,10 +63,52 @@ impl Engine {
             }
         };
         self.store.durable().await?;
-        if intake == Intake::Accepted {
-            self.inbox_wake.notify_one();
-        }
         Ok(intake)
+    }
+
+    /// Keeps the body in the inbox, then, when nothing older waits there, reacts to it at
+    /// once and takes it out again — all before the one flush the answer waits for. The inbox
+    /// write comes first on purpose: sled recovers a prefix of its writes, so any part of the
+    /// reaction that survives a crash comes with the body, which is then replayed (effects
+    /// are idempotent) rather than left half-done for the provider's retry to duplicate.
+    /// Reacting here saves the processor's read of the body, a second parse, and the reads
+    /// that look for an earlier run of an event first seen now. Reactions only touch the
+    /// store, never the network, so the provider's callback is not slowed by a rule.
+    async fn take_event(
+        &self,
+        event: WebhookEvent,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
+        let id = uuid::Uuid::now_v7();
+        let _turn = self.reacting.lock().await;
+        let behind = self.store.inbox_depth() > 0;
+        self.store.push_inbox_as(id, now, body)?;
+        if !behind {
+            let id = id.to_string();
+            match self.react_to(&id, event, body, now, Fresh::Yes) {
+                Ok(()) => return Ok(self.store.remove_inbox(&id)?),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reacting to a webhook event failed; it stays in the inbox to retry")
+                }
+            }
+        }
+        self.inbox_wake.notify_one();
+        Ok(())
+    }
+
+    fn react_to(
+        &self,
+        id: &str,
+        event: WebhookEvent,
+        body: &[u8],
+        received_at: DateTime<Utc>,
+        fresh: Fresh,
+    ) -> Result<(), EngineError> {
+        match event {
+            WebhookEvent::Reply(reply) => self.on_reply(id, reply, received_at, fresh),
+            WebhookEvent::Status(event) => self.on_status(event, body),
+        }
     }
 
     /// Processes the inbox in arrival order until shutdown.
@@ -86,14 +136,19 @@ impl Engine {
     pub async fn drain_inbox(&self) -> Result<usize, EngineError> {
         let mut n = 0;
         loop {
-            let batch = self.store.inbox(512)?;
+            // Read in turn: an event reacted to at intake is in the inbox only while its
+            // reaction holds the turn, so no batch read in turn can hold it (and replay it).
+            let batch = {
+                let _turn = self.reacting.lock().await;
+                self.store.inbox(512)?
+            };
             if batch.is_empty() {
                 break;
             }
             for (id, received_at, body) in batch {
+                let _turn = self.reacting.lock().await;
                 match webhook::parse(&body) {
-                    Ok(WebhookEvent::Reply(reply)) => self.on_reply(&id, reply, received_at)?,
-                    Ok(WebhookEvent::Status(event)) => self.on_status(event, &body)?,
+                    Ok(event) => self.react_to(&id, event, &body, received_at, Fresh::Replay)?,
                     Err(e) => {
                         tracing::error!(error = %e, "an inbox event no longer parses; dropped")
                     }
@@ -108,12 +163,13 @@ impl Engine {
         Ok(n)
     }
 
-    #[tracing::instrument(level = "info", skip_all, fields(reply = %id, custom_field = ?event.custom_field))]
+    #[tracing::instrument(level = "debug", skip_all, fields(reply = %id, custom_field = ?event.custom_field))]
     fn on_reply(
         &self,
         id: &str,
         event: ReplyEvent,
         received_at: DateTime<Utc>,
+        fresh: Fresh,
     ) -> Result<(), EngineError> {
         Counters::bump(&self.counters.replies);
         let now = self.clock.now();
@@ -129,7 +185,10 @@ impl Engine {
         };
         // A replayed event (crash between its effects and leaving the inbox) keeps the verdict
         // it got the first time: a duplicate stays one, anything else is not a duplicate.
-        let replayed = self.store.get_reply(id)?;
+        let replayed = match fresh {
+            Fresh::Yes => None,
+            Fresh::Replay => self.store.get_reply(id)?,
+        };
         if replayed.as_ref().is_some_and(|r| r.outcome == "duplicate") {
             return Ok(());
         }
@@ -169,14 +228,14 @@ impl Engine {
                     c.record(now, "opted_out", text.clone(), None)
                 })?;
             }
-            tracing::info!(mobile = %mask(&reply.mobile), "patient opted out");
+            tracing::info!(reply = %reply.id, mobile = %mask(&reply.mobile), "patient opted out");
             return Ok(());
         }
         if self.opt_out_keywords.start.contains(&keyword) {
             self.store.opt_in(&reply.mobile)?;
             reply.outcome = "opted_in".into();
             self.store.put_reply(&reply)?;
-            tracing::info!(mobile = %mask(&reply.mobile), "patient opted back in");
+            tracing::info!(reply = %reply.id, mobile = %mask(&reply.mobile), "patient opted back in");
             return Ok(());
         }
 
@@ -213,7 +272,7 @@ impl Engine {
                     .update_conversation(&note.custom_field, now, |c| note.apply(c, now))?;
             }
             self.store.put_reply(&reply)?;
-            tracing::info!(custom_field = ?conversation_key, "reply matched no rule (unhandled)");
+            tracing::info!(reply = %reply.id, custom_field = ?conversation_key, "reply matched no rule (unhandled)");
             return Ok(());
         };
         Counters::bump(&self.counters.replies_matched);
@@ -231,9 +290,10 @@ impl Engine {
             custom_field: conversation_key,
             note,
             conversation,
+            fresh: fresh == Fresh::Yes,
             ..Default::default()
         };
-        tracing::info!(rule = %rule.name, "reply matched");
+        tracing::info!(reply = %occ.reply.as_ref().map_or("", |r| r.id.as_str()), custom_field = ?occ.custom_field, rule = %rule.name, "reply matched");
         self.run_actions(rule, &occ, now)?;
         Ok(())
     }
@@ -251,7 +311,7 @@ impl Engine {
 
     /// Applies a delivery event to the message with outbox key `key`, and runs `status` rules
     /// when it moved the status forward.
-    #[tracing::instrument(level = "info", skip_all, fields(key = %key, message_id = %event.message_id.as_str(), status = ?event.status))]
+    #[tracing::instrument(level = "debug", skip_all, fields(key = %key, message_id = %event.message_id.as_str(), status = ?event.status))]
     pub(crate) fn apply_status(
         &self,
         key: &str,

@@ -145,6 +145,9 @@ struct Inner {
     /// Entries queued in the outbox (kept in step with the `q` keys, so health and metrics
     /// need not count them).
     queued: std::sync::atomic::AtomicI64,
+    /// Webhook bodies waiting in the inbox (kept in step with the tree, so asking whether the
+    /// inbox is empty costs no read on every webhook).
+    inbox_len: std::sync::atomic::AtomicI64,
     /// Serializes read-modify-writes of one record (hashed by key); see the module doc.
     stripes: Box<[Mutex<()>]>,
     /// What each rule did last, not yet written: a fan-out of 100,000 occasions writes each
@@ -305,6 +308,7 @@ impl Store {
             flush_tx,
             write_failing: AtomicBool::new(false),
             queued: std::sync::atomic::AtomicI64::new(0),
+            inbox_len: std::sync::atomic::AtomicI64::new(0),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             last_deeds: Mutex::default(),
             flushes: Default::default(),
@@ -313,6 +317,8 @@ impl Store {
         let store = Store { inner };
         let queued = store.sweep_queue()?;
         store.inner.queued.store(queued, Ordering::Relaxed);
+        let waiting = store.inner.inbox.len() as i64;
+        store.inner.inbox_len.store(waiting, Ordering::Relaxed);
         let inner = store.inner;
         // The flusher holds the store weakly, so dropping the last `Store` closes sled (and
         // releases its lock) at once, not whenever the flusher task next runs.
@@ -472,10 +478,20 @@ impl Store {
     /// Queues `entry` unless its key is already in the outbox. Returns whether it was added:
     /// a second attempt at the same occasion is a no-op.
     pub fn enqueue(&self, entry: &OutboxEntry) -> Result<bool> {
+        self.enqueue_checked(entry, true)
+    }
+
+    /// [`Store::enqueue`] for a key the caller knows is new (it names an event first seen
+    /// now): the read that asks whether it exists is skipped.
+    pub fn enqueue_new(&self, entry: &OutboxEntry) -> Result<bool> {
+        self.enqueue_checked(entry, false)
+    }
+
+    fn enqueue_checked(&self, entry: &OutboxEntry, check: bool) -> Result<bool> {
         let i = &self.inner;
         let ekey = cat(&[b"e", entry.key.as_bytes()]);
         let _held = i.lock(&ekey);
-        if i.outbox.contains_key(&ekey)? {
+        if check && i.outbox.contains_key(&ekey)? {
             return Ok(false);
         }
         // Index keys before the entry: the entry is the commit point (see the module doc).
@@ -881,10 +897,26 @@ impl Store {
     /// (time-ordered). The value is the receive time (8 bytes) and the body.
     pub fn push_inbox(&self, received_at: DateTime<Utc>, body: &[u8]) -> Result<String> {
         let id = uuid::Uuid::now_v7();
-        self.inner
+        self.push_inbox_as(id, received_at, body)?;
+        Ok(id.to_string())
+    }
+
+    /// [`Store::push_inbox`] under an id minted by the caller: an event whose processing
+    /// failed half-way is replayed under the id its partial effects name.
+    pub fn push_inbox_as(
+        &self,
+        id: uuid::Uuid,
+        received_at: DateTime<Utc>,
+        body: &[u8],
+    ) -> Result<()> {
+        let old = self
+            .inner
             .inbox
             .insert(id.as_bytes(), cat(&[&ms_key(received_at), body]))?;
-        Ok(id.to_string())
+        if old.is_none() {
+            self.inner.inbox_len.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Up to `limit` unprocessed webhook bodies, oldest first: `(id, received_at, body)`.
@@ -907,13 +939,16 @@ impl Store {
 
     pub fn remove_inbox(&self, id: &str) -> Result<()> {
         if let Ok(u) = uuid::Uuid::parse_str(id) {
-            self.inner.inbox.remove(u.as_bytes())?;
+            if self.inner.inbox.remove(u.as_bytes())?.is_some() {
+                self.inner.inbox_len.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         Ok(())
     }
 
+    /// Webhook bodies waiting to be processed.
     pub fn inbox_depth(&self) -> usize {
-        self.inner.inbox.len()
+        self.inner.inbox_len.load(Ordering::Relaxed).max(0) as usize
     }
 
     /// Stores a reply, or overwrites one with the same id.

@@ -810,3 +810,52 @@ async fn a_booking_whose_reactions_a_crash_cut_short_still_gets_them() {
     .await;
     t.shutdown().await;
 }
+
+/// A webhook event is reacted to before its answer when nothing older waits: the reply's
+/// record and what its rule queued are stored when `accept_webhook` returns, and the inbox
+/// is empty again. An event arriving behind older ones waits its turn: the processor takes
+/// them in arrival order, so a conversation's lines keep the order the patient wrote them.
+#[tokio::test]
+async fn a_webhook_is_reacted_to_at_intake_unless_older_events_wait() {
+    let t = spawn_app(RULES, sim_config(), |_| {}).await;
+    let engine = &t.app().engine;
+    let body = |text: &str| {
+        recuerda::simulator::reply_payload("573001110009", text, "cita-Z9").to_string()
+    };
+
+    assert_eq!(
+        engine.accept_webhook(body("1").as_bytes()).await.unwrap(),
+        recuerda::engine::Intake::Accepted
+    );
+    assert_eq!(engine.store.inbox_depth(), 0);
+    let replies: Vec<_> = engine.store.replies().map(Result::unwrap).collect();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].outcome, "handled");
+    assert_eq!(replies[0].rule.as_deref(), Some("confirma"));
+    let queued: Vec<_> = engine
+        .store
+        .outbox_entries()
+        .map(Result::unwrap)
+        .filter(|e| e.custom_field.as_deref() == Some("cita-Z9"))
+        .collect();
+    assert_eq!(queued.len(), 1, "the rule's send is in the outbox");
+
+    // An older event the processor has not taken yet (pushed without waking it).
+    let older = body("hola");
+    engine
+        .store
+        .push_inbox(engine.clock.now(), older.as_bytes())
+        .unwrap();
+    engine.accept_webhook(body("2").as_bytes()).await.unwrap();
+    engine.drain_inbox().await.unwrap();
+    assert_eq!(engine.store.inbox_depth(), 0);
+    let conv = engine.store.get_conversation("cita-Z9").unwrap().unwrap();
+    let replies: Vec<&str> = conv
+        .history
+        .iter()
+        .filter(|h| h.kind == "reply")
+        .map(|h| h.detail.as_str())
+        .collect();
+    assert_eq!(replies, ["1", "hola", "2"], "{:?}", conv.history);
+    t.shutdown().await;
+}
