@@ -382,6 +382,77 @@ async fn flush_line(server: &Server, http: &reqwest::Client) -> String {
     )
 }
 
+/// The server's store operations so far (`recuerda_store_operations_total`): (tree, kind) →
+/// count.
+type StoreOps = std::collections::BTreeMap<(String, String), u64>;
+
+async fn store_ops(server: &Server, http: &reqwest::Client) -> StoreOps {
+    const NAME: &str = "recuerda_store_operations_total{tree=\"";
+    let text = server.metrics_text(http).await.unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(NAME)?;
+            let (tree, rest) = rest.split_once("\",op=\"")?;
+            let (op, n) = rest.split_once("\"} ")?;
+            Some(((tree.to_string(), op.to_string()), n.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// What the store did per event between two snapshots: totals by kind, then by tree (the
+/// busiest first). Unlike CPU time, these counts do not drift with the machine's speed.
+fn ops_line(before: &StoreOps, after: &StoreOps, events: u64, per: &str) -> String {
+    let n = events.max(1) as f64;
+    let delta = |k: &(String, String)| {
+        let was = before.get(k).copied().unwrap_or(0);
+        after.get(k).copied().unwrap_or(0).saturating_sub(was)
+    };
+    let kinds = ["write", "remove", "read", "scan"];
+    let letters = ["w", "d", "r", "s"];
+    let mut by_kind = [0u64; 4];
+    let mut by_tree: std::collections::BTreeMap<&str, [u64; 4]> = Default::default();
+    for k in after.keys() {
+        let d = delta(k);
+        if let Some(i) = kinds.iter().position(|x| *x == k.1) {
+            by_kind[i] += d;
+            by_tree.entry(k.0.as_str()).or_default()[i] += d;
+        }
+    }
+    let total: u64 = by_kind.iter().sum();
+    let mut line = format!(
+        "  store operations           {:.1} per {per}: {}\n",
+        total as f64 / n,
+        kinds
+            .iter()
+            .zip(by_kind)
+            .map(|(k, d)| format!("{:.1} {k}s", d as f64 / n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut trees: Vec<_> = by_tree
+        .into_iter()
+        .filter(|(_, d)| d.iter().sum::<u64>() as f64 / n >= 0.05)
+        .collect();
+    trees.sort_by_key(|(_, d)| std::cmp::Reverse(d.iter().sum::<u64>()));
+    let parts: Vec<String> = trees
+        .iter()
+        .map(|(tree, d)| {
+            let each: Vec<String> = letters
+                .iter()
+                .zip(d)
+                .filter(|(_, d)| **d as f64 / n >= 0.05)
+                .map(|(l, d)| format!("{:.1}{l}", *d as f64 / n))
+                .collect();
+            format!("{tree} {}", each.join(" "))
+        })
+        .collect();
+    line.push_str(&format!(
+        "    by tree (w write, d remove, r read, s scan)   {}\n",
+        parts.join(" · ")
+    ));
+    line
+}
+
 /// Samples the server's resident memory every 20 ms; the highest seen, in KiB.
 struct RssSampler {
     max: Arc<AtomicU64>,
@@ -479,6 +550,7 @@ async fn status_callbacks(o: &Options, out: &mut String) -> Result<Vec<Check>, B
 
     // The priming's own tail (its last flushes, sled's log cleaning) is not the callbacks' cost.
     settle(&server).await;
+    let ops0 = store_ops(&server, &http).await;
     let cpu0 = server.cpu_seconds();
     let events_ids = ids.clone();
     let r = load::run(
@@ -533,6 +605,8 @@ async fn status_callbacks(o: &Options, out: &mut String) -> Result<Vec<Check>, B
         mib(peak),
         server.logged_problems()
     );
+    let ops = store_ops(&server, &http).await;
+    out.push_str(&ops_line(&ops0, &ops, processed, "callback"));
     out.push_str(&flush_line(&server, &http).await);
     server.stop().await;
     Ok(vec![
@@ -554,6 +628,7 @@ async fn replies(o: &Options, out: &mut String) -> Result<Vec<Check>, BenchError
     let rules = load_rules_yaml(0);
     let base = sink.base_url();
     let server = Server::start("b", &spec(o, &base, &rules), &http).await?;
+    let ops0 = store_ops(&server, &http).await;
     let cpu0 = server.cpu_seconds();
     let started = Instant::now();
     let r = load::run(
@@ -592,6 +667,8 @@ async fn replies(o: &Options, out: &mut String) -> Result<Vec<Check>, BenchError
         mib(server.peak_rss_kib()),
         server.logged_problems()
     );
+    let ops = store_ops(&server, &http).await;
+    out.push_str(&ops_line(&ops0, &ops, r.ok, "reply, send included"));
     out.push_str(&flush_line(&server, &http).await);
     server.stop().await;
     let missing = r.ok.saturating_sub(sends) + sink.malformed();
@@ -679,6 +756,7 @@ async fn fan_out(o: &Options, out: &mut String) -> Result<Vec<Check>, BenchError
 
     let rss_before = server.rss_kib();
     let sampler = RssSampler::start(server.pid);
+    let ops0 = store_ops(&server, &http).await;
     let cpu0 = server.cpu_seconds();
     let started = Instant::now();
     let answer = http
@@ -733,6 +811,8 @@ async fn fan_out(o: &Options, out: &mut String) -> Result<Vec<Check>, BenchError
         mib(server.peak_rss_kib()),
         server.logged_problems()
     );
+    let ops = store_ops(&server, &http).await;
+    out.push_str(&ops_line(&ops0, &ops, sends, "reminder, fan-out and send"));
     out.push_str(&flush_line(&server, &http).await);
     server.stop().await;
     // Sends still queued when the wait ended are slowness (the dispatch rate shows it), not errors.

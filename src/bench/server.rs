@@ -243,19 +243,24 @@ impl Server {
 
     /// A counter from `/metrics` (the first sample named `name`, labels included).
     pub async fn metric(&self, http: &reqwest::Client, name: &str) -> Option<u64> {
-        let text = http
-            .get(format!("{}/metrics", self.base_url))
+        self.metrics_text(http)
+            .await?
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    }
+
+    /// The server's `/metrics` page.
+    pub async fn metrics_text(&self, http: &reqwest::Client) -> Option<String> {
+        http.get(format!("{}/metrics", self.base_url))
             .send()
             .await
             .ok()?
             .text()
             .await
-            .ok()?;
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|v| v as u64)
+            .ok()
     }
 
     /// Stops the server: SIGTERM (a clean shutdown flushes the store), SIGKILL after 10 s.

@@ -208,6 +208,14 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     }
+    let _ = writeln!(out, "# HELP recuerda_store_operations_total Store operations by tree and kind (read, write, remove, scan): what each event costs the store.\n# TYPE recuerda_store_operations_total counter");
+    for (tree, op, n) in e.store.op_counts() {
+        let _ = writeln!(
+            out,
+            "recuerda_store_operations_total{{tree=\"{tree}\",op=\"{}\"}} {n}",
+            op.as_str()
+        );
+    }
     if let Some(b) = e.last_balance() {
         let _ = writeln!(out, "# HELP recuerda_balance Last known provider balance.\n# TYPE recuerda_balance gauge\nrecuerda_balance {b}");
     }

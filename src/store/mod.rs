@@ -30,6 +30,11 @@
 //! prefix is harmless: sled recovers a prefix of its log, so a crash can only leave index keys
 //! that point at nothing or at a record that moved on, and the readers check and drop those.
 
+mod counted;
+
+pub use counted::OpKind;
+use counted::{OpCounts, Tree};
+
 use crate::appointment::Appointment;
 use crate::conversation::{Conversation, DeadLetter, OptOut, Reply};
 use crate::message::{MessageStatus, OutboxEntry};
@@ -120,22 +125,22 @@ pub struct KnownEntry {
 
 struct Inner {
     db: sled::Db,
-    meta: sled::Tree,
-    appointments: sled::Tree,
-    appt_start: sled::Tree,
-    appt_pending: sled::Tree,
-    outbox: sled::Tree,
-    msgid: sled::Tree,
-    conversations: sled::Tree,
-    fired: sled::Tree,
-    optout: sled::Tree,
-    inbox: sled::Tree,
-    orphans: sled::Tree,
-    replies: sled::Tree,
-    reply_seen: sled::Tree,
-    dead: sled::Tree,
-    due: sled::Tree,
-    due_keys: sled::Tree,
+    meta: Tree,
+    appointments: Tree,
+    appt_start: Tree,
+    appt_pending: Tree,
+    outbox: Tree,
+    msgid: Tree,
+    conversations: Tree,
+    fired: Tree,
+    optout: Tree,
+    inbox: Tree,
+    orphans: Tree,
+    replies: Tree,
+    reply_seen: Tree,
+    dead: Tree,
+    due: Tree,
+    due_keys: Tree,
     flush_tx: mpsc::UnboundedSender<oneshot::Sender<std::result::Result<(), String>>>,
     /// Set when a flush failed: health reports it until a later flush succeeds.
     write_failing: AtomicBool,
@@ -154,6 +159,8 @@ struct Inner {
     /// rule's last deed once per flush instead of 100,000 times.
     /// (Encoded when written: a fan-out notes 100,000 deeds between two flushes.)
     last_deeds: Mutex<std::collections::HashMap<String, (String, Fired)>>,
+    /// Operations per tree and kind (`/metrics`, the benchmark's "store operations per event").
+    ops: Arc<OpCounts>,
 }
 
 const STRIPES: usize = 64;
@@ -268,7 +275,8 @@ impl Store {
                 }
             }
         };
-        let tree = |name: &str| db.open_tree(name).map_err(StoreError::from);
+        let ops = Arc::new(OpCounts::default());
+        let tree = |name: &'static str| Tree::open(&db, name, &ops).map_err(StoreError::from);
         let meta = tree("meta")?;
         match meta.get("format_version")? {
             None => {
@@ -311,6 +319,7 @@ impl Store {
             inbox_len: std::sync::atomic::AtomicI64::new(0),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             last_deeds: Mutex::default(),
+            ops: ops.clone(),
             flushes: Default::default(),
             flush_waiters: Default::default(),
         });
@@ -324,6 +333,12 @@ impl Store {
         // releases its lock) at once, not whenever the flusher task next runs.
         tokio::spawn(flusher(flush_rx, Arc::downgrade(&inner)));
         Ok(Store { inner })
+    }
+
+    /// Operations on each tree since the store was opened: `(tree, kind, count)`, non-zero
+    /// counts only.
+    pub fn op_counts(&self) -> Vec<(&'static str, OpKind, u64)> {
+        self.inner.ops.all()
     }
 
     /// `(flushes, durable calls served)` since the store was opened.
