@@ -190,7 +190,11 @@ impl Engine {
                         now,
                     );
                     let added = if occ.fresh {
-                        self.store.enqueue_new(&entry)?
+                        let known = self.store.enqueue_new(entry)?;
+                        if known.entry.not_before <= now {
+                            self.hand_off(known);
+                        }
+                        true
                     } else {
                         self.store.enqueue(&entry)?
                     };

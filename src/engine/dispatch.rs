@@ -17,6 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
+/// How often the dispatcher scans the stored queue while reactions keep handing it entries.
+const SCAN_EVERY: Duration = Duration::from_millis(50);
+/// At most this many handed-off entries wait in memory; beyond, the scan finds them.
+const HAND_OFF_MAX: usize = 4096;
+
 /// Paces sends to at most `rate_per_second` started per second.
 struct Pacer {
     interval: Duration,
@@ -113,6 +118,7 @@ impl Engine {
         let permits = Arc::new(Semaphore::new(self.config.provider.concurrency));
         let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
         let mut pacer = Pacer::new(self.config.provider.rate_per_second);
+        let mut last_scan = Instant::now();
         loop {
             if *shutdown.borrow() {
                 break;
@@ -132,22 +138,42 @@ impl Engine {
                 DispatchState::Running => {}
             }
             let now = self.clock.now();
-            let due = match self.store.due_outbox_except(now, 256, |key| {
+            let is_in_flight = |key: &str| {
                 in_flight
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .contains(key)
-            }) {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::error!(error = %e, "reading the outbox failed");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
+            };
+            // Entries handed off by reactions go first, without a scan; the queue is still
+            // scanned at least every `SCAN_EVERY` (retries, quiet hours, hand-offs dropped
+            // when the shortcut was full) and whenever nothing was handed off.
+            let handed = if last_scan.elapsed() < SCAN_EVERY {
+                self.take_handed_off(256)
+            } else {
+                Vec::new()
+            };
+            let fresh = if !handed.is_empty() {
+                // A hand-off that a scan already dispatched is passed over here if still in
+                // flight, and finds itself no longer queued at its `sending` mark if not.
+                handed
+                    .into_iter()
+                    .filter(|k| !is_in_flight(&k.entry.key))
+                    .collect()
+            } else {
+                last_scan = Instant::now();
+                // Whatever is handed off now is in the store: the scan finds it.
+                self.take_handed_off(usize::MAX);
+                match self.store.due_outbox_except(now, 256, is_in_flight) {
+                    // Only this loop adds to `in_flight`, and the scan passed over its keys:
+                    // what came back is not in flight.
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the outbox failed");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
                 }
             };
-            // Only this loop adds to `in_flight`, and the scan passed over its keys: what
-            // came back is not in flight.
-            let fresh = due;
             if fresh.is_empty() {
                 let next = self.store.next_outbox_due().ok().flatten();
                 let wake_at = next.unwrap_or(now + chrono::Duration::minutes(1));
@@ -200,6 +226,20 @@ impl Engine {
         let _ = permits
             .acquire_many(self.config.provider.concurrency as u32)
             .await;
+    }
+
+    /// Gives the dispatcher an entry just queued and due now (see `handed_off`).
+    pub(crate) fn hand_off(&self, known: KnownEntry) {
+        let mut handed = self.handed_off.lock().unwrap_or_else(|e| e.into_inner());
+        if handed.len() < HAND_OFF_MAX {
+            handed.push_back(known);
+        }
+    }
+
+    fn take_handed_off(&self, max: usize) -> Vec<KnownEntry> {
+        let mut handed = self.handed_off.lock().unwrap_or_else(|e| e.into_inner());
+        let n = handed.len().min(max);
+        handed.drain(..n).collect()
     }
 
     async fn wait_for_balance(&self, shutdown: &mut tokio::sync::watch::Receiver<bool>) {
@@ -281,7 +321,9 @@ impl Engine {
             .map(|c| c.as_str().to_string());
         let template = request.template.0;
         let marked = self.store.update_known(&entry.key, Some(&known), |e| {
-            if e.status != MessageStatus::Queued {
+            // Only a queued entry that is due leaves: a stale copy (a hand-off that a scan
+            // dispatched, failed and requeued meanwhile) must not jump its retry's wait.
+            if e.status != MessageStatus::Queued || e.not_before > now {
                 return false;
             }
             e.set_status(MessageStatus::Sending, now, None);
@@ -576,6 +618,10 @@ impl Engine {
                 count_attempt,
             } => {
                 self.store.update_known(&entry.key, known, |e| {
+                    // A stale copy (a hand-off a scan already dispatched) changes nothing.
+                    if !matches!(e.status, MessageStatus::Queued | MessageStatus::Sending) {
+                        return false;
+                    }
                     e.set_status(MessageStatus::Queued, now, Some(reason.clone()));
                     e.not_before = at;
                     if !count_attempt {
@@ -590,6 +636,9 @@ impl Engine {
                 reason,
             } => {
                 let updated = self.store.update_known(&entry.key, known, |e| {
+                    if !matches!(e.status, MessageStatus::Queued | MessageStatus::Sending) {
+                        return false;
+                    }
                     e.set_status(status, now, Some(reason.clone()));
                     if let Some(last) = e.timeline.last_mut() {
                         last.code = code;
@@ -598,6 +647,9 @@ impl Engine {
                     e.error = Some(reason.clone());
                     true
                 })?;
+                let Some(e) = updated.map(|k| k.entry) else {
+                    return Ok(());
+                };
                 let counter = match status {
                     MessageStatus::Skipped => &self.counters.sends_skipped,
                     MessageStatus::Unknown => &self.counters.sends_unknown,
@@ -610,17 +662,15 @@ impl Engine {
                 } else {
                     tracing::warn!(rule = %entry.rule, key = %entry.key, status = %status, reason = %reason, "send not delivered to the provider");
                 }
-                if let Some(e) = updated.map(|k| k.entry) {
-                    if let Some(cf) = &e.custom_field {
-                        let kind = if status == MessageStatus::Skipped {
-                            "skipped"
-                        } else {
-                            "refused"
-                        };
-                        self.store.update_conversation(cf, now, |c| {
-                            c.record(now, kind, reason.clone(), Some(&e.rule))
-                        })?;
-                    }
+                if let Some(cf) = &e.custom_field {
+                    let kind = if status == MessageStatus::Skipped {
+                        "skipped"
+                    } else {
+                        "refused"
+                    };
+                    self.store.update_conversation(cf, now, |c| {
+                        c.record(now, kind, reason.clone(), Some(&e.rule))
+                    })?;
                 }
             }
         }

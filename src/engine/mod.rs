@@ -84,6 +84,10 @@ pub struct EngineInner {
     inbox_wake: Notify,
     /// Wakes the dispatcher (new entries, resume).
     dispatch_wake: Notify,
+    /// Entries just queued by a reaction, due now, as they were written: the dispatcher takes
+    /// them without scanning the queue and reading them back. Only a shortcut: each is also
+    /// in the stored queue, which the dispatcher still scans (see `run_dispatcher`).
+    handed_off: Mutex<std::collections::VecDeque<crate::store::KnownEntry>>,
     /// Wakes the scheduler (new plans, reload).
     schedule_wake: Notify,
     /// When the sleeping scheduler wakes next (ms since the epoch; `i64::MIN` while it
@@ -157,6 +161,7 @@ impl Engine {
                 notify_http,
                 inbox_wake: Notify::new(),
                 dispatch_wake: Notify::new(),
+                handed_off: Mutex::default(),
                 schedule_wake: Notify::new(),
                 planned_wake_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
                 dispatch_state: Mutex::new(DispatchState::Running),

@@ -218,6 +218,14 @@ fn mobile_key(mobile: &str, key: &str) -> Vec<u8> {
     cat(&[b"m", mobile.as_bytes(), &[0], key.as_bytes()])
 }
 
+/// Whether changing an entry from `old` to `new` needs a new queue or mobile key (written
+/// before the entry).
+fn adds_index_keys(old: &OutboxEntry, new: &OutboxEntry) -> bool {
+    let new_queue =
+        is_pending(new.status) && !(is_pending(old.status) && old.not_before == new.not_before);
+    new_queue || (new.mobile.is_some() && new.mobile != old.mobile)
+}
+
 /// A rule's last deed as stored under `last/{rule}` and shown by the API.
 fn last_deed(occasion: &str, fired: &Fired) -> Vec<u8> {
     to_vec(&serde_json::json!({"occasion": occasion, "at": fired.at, "outcome": fired.outcome}))
@@ -493,21 +501,24 @@ impl Store {
     /// Queues `entry` unless its key is already in the outbox. Returns whether it was added:
     /// a second attempt at the same occasion is a no-op.
     pub fn enqueue(&self, entry: &OutboxEntry) -> Result<bool> {
-        self.enqueue_checked(entry, true)
+        Ok(self.enqueue_checked(entry, true)?.is_some())
     }
 
     /// [`Store::enqueue`] for a key the caller knows is new (it names an event first seen
-    /// now): the read that asks whether it exists is skipped.
-    pub fn enqueue_new(&self, entry: &OutboxEntry) -> Result<bool> {
-        self.enqueue_checked(entry, false)
+    /// now): the read that asks whether it exists is skipped. Returns the entry with its
+    /// stored bytes, for the dispatcher to take without reading it back.
+    pub fn enqueue_new(&self, entry: OutboxEntry) -> Result<KnownEntry> {
+        let raw = self.enqueue_checked(&entry, false)?.unwrap_or_default();
+        Ok(KnownEntry { entry, raw })
     }
 
-    fn enqueue_checked(&self, entry: &OutboxEntry, check: bool) -> Result<bool> {
+    /// Writes `entry` (unless `check` finds it there already: `None`); returns its bytes.
+    fn enqueue_checked(&self, entry: &OutboxEntry, check: bool) -> Result<Option<sled::IVec>> {
         let i = &self.inner;
         let ekey = cat(&[b"e", entry.key.as_bytes()]);
         let _held = i.lock(&ekey);
         if check && i.outbox.contains_key(&ekey)? {
-            return Ok(false);
+            return Ok(None);
         }
         // Index keys before the entry: the entry is the commit point (see the module doc).
         if entry.status == MessageStatus::Queued {
@@ -517,11 +528,12 @@ impl Store {
         if let Some(mobile) = &entry.mobile {
             i.outbox.insert(mobile_key(mobile, &entry.key), &[])?;
         }
-        i.outbox.insert(ekey, to_vec(entry))?;
+        let raw = sled::IVec::from(to_vec(entry));
+        i.outbox.insert(ekey, raw.clone())?;
         if entry.status == MessageStatus::Queued {
             i.queued.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(true)
+        Ok(Some(raw))
     }
 
     pub fn get_entry(&self, key: &str) -> Result<Option<OutboxEntry>> {
@@ -544,69 +556,109 @@ impl Store {
     pub fn update_entry(
         &self,
         key: &str,
-        change: impl FnOnce(&mut OutboxEntry) -> bool,
+        change: impl FnMut(&mut OutboxEntry) -> bool,
     ) -> Result<Option<OutboxEntry>> {
         Ok(self.update_known(key, None, change)?.map(|k| k.entry))
     }
 
     /// [`Store::update_entry`] from an entry read before: if the record is unchanged since,
     /// `known` is used instead of decoding it again. Returns the new entry with its bytes.
+    ///
+    /// `change` may run twice: on `known`, and again on the stored entry if `known` turned out
+    /// to be stale. It must only set fields, never depend on running once.
     pub fn update_known(
         &self,
         key: &str,
         known: Option<&KnownEntry>,
-        change: impl FnOnce(&mut OutboxEntry) -> bool,
+        mut change: impl FnMut(&mut OutboxEntry) -> bool,
     ) -> Result<Option<KnownEntry>> {
         let i = &self.inner;
         let ekey = cat(&[b"e", key.as_bytes()]);
         let _held = i.lock(&ekey);
-        let Some(bytes) = i.outbox.get(&ekey)? else {
-            return Ok(None);
+        // The dispatcher's two updates (`sending`, then the outcome) add no index key: when
+        // the caller's copy is still what is stored, one compare-and-swap checks that and
+        // writes (one traversal of the tree instead of a read and a write).
+        let mut stored = None;
+        if let Some(k) = known.filter(|k| k.entry.key == key) {
+            let mut new = k.entry.clone();
+            // A `false` from a copy that may be stale proves nothing: the path below asks
+            // the stored entry.
+            if change(&mut new) && !adds_index_keys(&k.entry, &new) {
+                let raw = sled::IVec::from(to_vec(&new));
+                match i
+                    .outbox
+                    .compare_and_swap(&ekey, Some(&k.raw), Some(raw.clone()))?
+                {
+                    Ok(()) => {
+                        self.after_entry_write(key, &k.entry, &new)?;
+                        return Ok(Some(KnownEntry { entry: new, raw }));
+                    }
+                    Err(cas) => match cas.current {
+                        Some(current) => stored = Some(current),
+                        None => return Ok(None),
+                    },
+                }
+            }
+        }
+        let bytes = match stored {
+            Some(b) => b,
+            None => match i.outbox.get(&ekey)? {
+                Some(b) => b,
+                None => return Ok(None),
+            },
         };
-        let mut new: OutboxEntry = match known {
+        let old: OutboxEntry = match known {
             Some(k) if k.entry.key == key && k.raw == bytes => k.entry.clone(),
             _ => decode("outbox", key.as_bytes(), &bytes)?,
         };
-        // Only what the indexes depend on is kept from before the change.
-        let (old_status, old_not_before, old_mobile) =
-            (new.status, new.not_before, new.mobile.clone());
+        let mut new = old.clone();
         if !change(&mut new) {
             return Ok(None);
         }
-        let was_queued = old_status == MessageStatus::Queued;
-        let is_queued = new.status == MessageStatus::Queued;
-        // Marking an entry `sending` keeps its key: no index write on the way out.
-        let old_q = is_pending(old_status).then(|| queue_key(old_not_before, key));
-        let new_q = is_pending(new.status).then(|| queue_key(new.not_before, key));
         // New index keys, then the entry, then the old keys: every crash point leaves keys
         // that the readers check against the entry.
+        let old_q = is_pending(old.status).then(|| queue_key(old.not_before, key));
+        let new_q = is_pending(new.status).then(|| queue_key(new.not_before, key));
         if let Some(q) = &new_q {
             if old_q.as_ref() != Some(q) {
                 i.outbox.insert(q.as_slice(), &[])?;
             }
         }
-        if old_mobile != new.mobile {
+        if old.mobile != new.mobile {
             if let Some(m) = &new.mobile {
                 i.outbox.insert(mobile_key(m, key), &[])?;
             }
         }
         let raw = sled::IVec::from(to_vec(&new));
         i.outbox.insert(ekey, raw.clone())?;
+        self.after_entry_write(key, &old, &new)?;
+        Ok(Some(KnownEntry { entry: new, raw }))
+    }
+
+    /// What follows an entry's write from `old` to `new`: its old index keys go, and the
+    /// queue counter follows.
+    fn after_entry_write(&self, key: &str, old: &OutboxEntry, new: &OutboxEntry) -> Result<()> {
+        let i = &self.inner;
+        // Marking an entry `sending` keeps its key: no index write on the way out.
+        let old_q = is_pending(old.status).then(|| queue_key(old.not_before, key));
+        let new_q = is_pending(new.status).then(|| queue_key(new.not_before, key));
         if let Some(q) = old_q {
             if new_q.as_ref() != Some(&q) {
                 i.outbox.remove(q)?;
             }
         }
-        if old_mobile != new.mobile {
-            if let Some(m) = &old_mobile {
+        if old.mobile != new.mobile {
+            if let Some(m) = &old.mobile {
                 i.outbox.remove(mobile_key(m, key))?;
             }
         }
+        let was_queued = old.status == MessageStatus::Queued;
+        let is_queued = new.status == MessageStatus::Queued;
         if was_queued != is_queued {
             let delta = if is_queued { 1 } else { -1 };
             i.queued.fetch_add(delta, Ordering::Relaxed);
         }
-        Ok(Some(KnownEntry { entry: new, raw }))
+        Ok(())
     }
 
     /// Whether queue key `k` (`q` ++ time ++ key) is current: its entry exists, is pending
@@ -1297,6 +1349,32 @@ mod tests {
             .unwrap();
         assert_eq!(updated.entry.key, "other");
         assert_eq!(updated.entry.attempts, 1);
+
+        // A change that declines on a stale copy is asked again of what is stored: `other`
+        // was queued when `queued_copy` was read, is `sending` now, and the change wants
+        // `sending`.
+        let queued_copy = updated;
+        store
+            .update_entry("other", |e| {
+                e.set_status(MessageStatus::Sending, now, None);
+                true
+            })
+            .unwrap();
+        let sent = store
+            .update_known("other", Some(&queued_copy), |e| {
+                if e.status != MessageStatus::Sending {
+                    return false;
+                }
+                e.set_status(MessageStatus::Sent, now, None);
+                true
+            })
+            .unwrap()
+            .expect("the stored entry is `sending`: the change applies");
+        assert_eq!(sent.entry.status, MessageStatus::Sent);
+        assert_eq!(
+            Some(&sent.entry),
+            store.get_entry("other").unwrap().as_ref()
+        );
     }
 
     #[tokio::test]
