@@ -29,6 +29,9 @@ pub(crate) struct Occasion {
     /// That conversation as the trigger left it (note included), so the actions' contexts
     /// need not read it back.
     pub conversation: Option<Conversation>,
+    /// That conversation as stored when the trigger read it (before its note), so the
+    /// gathered edits are written without reading it again.
+    pub conversation_read: Option<crate::store::KnownConversation>,
     /// The occasion's key names an event first seen now (a fresh reply's id): it cannot have
     /// fired or queued anything yet, so those reads are skipped.
     pub fresh: bool,
@@ -127,7 +130,10 @@ impl Engine {
     ) -> Result<Ran, EngineError> {
         // Conversation changes are gathered and written once per conversation: a reply's own
         // line + a reminder's `send` + `set_state` is one write, not three.
-        let mut edits = ConversationEdits::default();
+        let mut edits = ConversationEdits {
+            pending: Vec::new(),
+            known: occ.conversation_read.as_ref(),
+        };
         if let Some(note) = &occ.note {
             edits.push(&note.custom_field, Edit::Note(note.clone()));
         }
@@ -438,12 +444,15 @@ enum Edit {
 }
 
 #[derive(Debug, Default)]
-struct ConversationEdits {
+struct ConversationEdits<'a> {
     /// In the order the actions made them; conversations in first-touched order.
     pending: Vec<(String, Vec<Edit>)>,
+    /// The trigger's conversation as it read it: the first write to it starts from this
+    /// (stale once written).
+    known: Option<&'a crate::store::KnownConversation>,
 }
 
-impl ConversationEdits {
+impl ConversationEdits<'_> {
     fn push(&mut self, custom_field: &str, edit: Edit) {
         match self.pending.iter_mut().find(|(cf, _)| cf == custom_field) {
             Some((_, list)) => list.push(edit),
@@ -459,38 +468,44 @@ impl ConversationEdits {
         now: DateTime<Utc>,
     ) -> Result<(), EngineError> {
         for (cf, list) in self.pending.drain(..) {
-            engine.store.update_conversation(&cf, now, |c| {
-                for edit in &list {
-                    match edit {
-                        Edit::Note(note) => note.apply(c, now),
-                        Edit::Queued {
-                            mobile,
-                            appointment_id,
-                            detail,
-                        } => {
-                            if c.mobile.is_none() {
-                                c.mobile = mobile.clone();
+            let known = self.known.filter(|k| k.custom_field == cf);
+            if known.is_some() {
+                self.known = None;
+            }
+            engine
+                .store
+                .update_conversation_known(&cf, known, now, |c| {
+                    for edit in &list {
+                        match edit {
+                            Edit::Note(note) => note.apply(c, now),
+                            Edit::Queued {
+                                mobile,
+                                appointment_id,
+                                detail,
+                            } => {
+                                if c.mobile.is_none() {
+                                    c.mobile = mobile.clone();
+                                }
+                                if appointment_id.is_some() {
+                                    c.appointment_id = appointment_id.clone();
+                                }
+                                c.record(now, "queued", detail.clone(), Some(rule));
                             }
-                            if appointment_id.is_some() {
-                                c.appointment_id = appointment_id.clone();
-                            }
-                            c.record(now, "queued", detail.clone(), Some(rule));
-                        }
-                        Edit::State {
-                            state,
-                            appointment_id,
-                        } => {
-                            if c.state.as_deref() != Some(state) {
-                                c.state = Some(state.clone());
-                                c.record(now, "state", state.clone(), Some(rule));
-                            }
-                            if c.appointment_id.is_none() {
-                                c.appointment_id = appointment_id.clone();
+                            Edit::State {
+                                state,
+                                appointment_id,
+                            } => {
+                                if c.state.as_deref() != Some(state) {
+                                    c.state = Some(state.clone());
+                                    c.record(now, "state", state.clone(), Some(rule));
+                                }
+                                if c.appointment_id.is_none() {
+                                    c.appointment_id = appointment_id.clone();
+                                }
                             }
                         }
                     }
-                }
-            })?;
+                })?;
         }
         Ok(())
     }

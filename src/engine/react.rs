@@ -241,7 +241,7 @@ impl Engine {
 
         // A reply stops the no-reply timers of its conversation, and is a line in it: written
         // with the matched rule's changes to the conversation (one write), or alone below.
-        let (note, conversation) = match &conversation_key {
+        let (note, conversation, conversation_read) = match &conversation_key {
             Some(cf) => {
                 for key in self.store.due_keys_with_prefix(&format!("noreply|{cf}|"))? {
                     self.store.cancel_due(&key)?;
@@ -252,14 +252,15 @@ impl Engine {
                     kind: "reply",
                     detail: text.clone(),
                 };
-                let mut conversation = self
-                    .store
-                    .get_conversation(cf)?
+                let read = self.store.read_conversation(cf)?;
+                let mut conversation = read
+                    .conversation
+                    .clone()
                     .unwrap_or_else(|| Conversation::new(cf, now));
                 note.apply(&mut conversation, now);
-                (Some(note), Some(conversation))
+                (Some(note), Some(conversation), Some(read))
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         let state = conversation.as_ref().and_then(|c| c.state.clone());
         let rules = self.rules();
@@ -268,8 +269,12 @@ impl Engine {
             Counters::bump(&self.counters.replies_unhandled);
             reply.outcome = "unhandled".into();
             if let Some(note) = &note {
-                self.store
-                    .update_conversation(&note.custom_field, now, |c| note.apply(c, now))?;
+                self.store.update_conversation_known(
+                    &note.custom_field,
+                    conversation_read.as_ref(),
+                    now,
+                    |c| note.apply(c, now),
+                )?;
             }
             self.store.put_reply(&reply)?;
             tracing::info!(reply = %reply.id, custom_field = ?conversation_key, "reply matched no rule (unhandled)");
@@ -290,6 +295,7 @@ impl Engine {
             custom_field: conversation_key,
             note,
             conversation,
+            conversation_read,
             fresh: fresh == Fresh::Yes,
             ..Default::default()
         };
@@ -304,6 +310,11 @@ impl Engine {
         let Some(key) = self.store.message_key(event.message_id.as_str())? else {
             // The send's answer may not be stored yet: keep the event, apply it when it is.
             self.store.park_orphan(event.message_id.as_str(), raw)?;
+            // The answer may have been stored between the lookup and the park, its look for
+            // parked events finding none: look again, or this one stays parked for good.
+            if let Some(key) = self.store.message_key(event.message_id.as_str())? {
+                self.apply_orphans(event.message_id.as_str(), &key)?;
+            }
             return Ok(());
         };
         self.apply_status(&key, &event, now)

@@ -109,6 +109,14 @@ pub struct DueEntry {
     pub custom_field: Option<String>,
 }
 
+/// A conversation as read (or its absence), with the bytes it was read from.
+#[derive(Debug, Clone)]
+pub struct KnownConversation {
+    pub custom_field: String,
+    pub conversation: Option<Conversation>,
+    raw: Option<sled::IVec>,
+}
+
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -153,6 +161,9 @@ struct Inner {
     /// Webhook bodies waiting in the inbox (kept in step with the tree, so asking whether the
     /// inbox is empty costs no read on every webhook).
     inbox_len: std::sync::atomic::AtomicI64,
+    /// Delivery events parked for messages not yet known: when none is, a send's outcome
+    /// need not scan for them.
+    orphans_len: std::sync::atomic::AtomicI64,
     /// Serializes read-modify-writes of one record (hashed by key); see the module doc.
     stripes: Box<[Mutex<()>]>,
     /// What each rule did last, not yet written: a fan-out of 100,000 occasions writes each
@@ -325,6 +336,7 @@ impl Store {
             write_failing: AtomicBool::new(false),
             queued: std::sync::atomic::AtomicI64::new(0),
             inbox_len: std::sync::atomic::AtomicI64::new(0),
+            orphans_len: std::sync::atomic::AtomicI64::new(0),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             last_deeds: Mutex::default(),
             ops: ops.clone(),
@@ -336,6 +348,8 @@ impl Store {
         store.inner.queued.store(queued, Ordering::Relaxed);
         let waiting = store.inner.inbox.len() as i64;
         store.inner.inbox_len.store(waiting, Ordering::Relaxed);
+        let parked = store.inner.orphans.len() as i64;
+        store.inner.orphans_len.store(parked, Ordering::Relaxed);
         let inner = store.inner;
         // The flusher holds the store weakly, so dropping the last `Store` closes sled (and
         // releases its lock) at once, not whenever the flusher task next runs.
@@ -827,18 +841,28 @@ impl Store {
     /// Keeps a delivery event (the body as received) for a message not yet known.
     pub fn park_orphan(&self, message_id: &str, body: &[u8]) -> Result<()> {
         let key = cat(&[message_id.as_bytes(), &[0], uuid::Uuid::now_v7().as_bytes()]);
-        self.inner.orphans.insert(key, body)?;
+        // Counted before it is written: a `take_orphans` that runs meanwhile scans.
+        self.inner.orphans_len.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = self.inner.orphans.insert(key, body) {
+            self.inner.orphans_len.fetch_sub(1, Ordering::SeqCst);
+            return Err(e.into());
+        }
         Ok(())
     }
 
     /// Removes and returns the events parked for `message_id`, oldest first.
     pub fn take_orphans(&self, message_id: &str) -> Result<Vec<Vec<u8>>> {
-        let prefix = cat(&[message_id.as_bytes(), &[0]]);
         let mut out = Vec::new();
+        if self.inner.orphans_len.load(Ordering::SeqCst) <= 0 {
+            return Ok(out);
+        }
+        let prefix = cat(&[message_id.as_bytes(), &[0]]);
         for item in self.inner.orphans.scan_prefix(&prefix) {
             let (k, v) = item?;
-            out.push(v.to_vec());
-            self.inner.orphans.remove(k)?;
+            if self.inner.orphans.remove(k)?.is_some() {
+                self.inner.orphans_len.fetch_sub(1, Ordering::SeqCst);
+                out.push(v.to_vec());
+            }
         }
         Ok(out)
     }
@@ -922,16 +946,64 @@ impl Store {
         }
     }
 
+    /// A conversation with the bytes it was read from (`None`: there was none), for
+    /// [`Store::update_conversation_known`].
+    pub fn read_conversation(&self, custom_field: &str) -> Result<KnownConversation> {
+        let raw = self.inner.conversations.get(custom_field)?;
+        let conversation = match &raw {
+            Some(v) => Some(decode("conversations", custom_field.as_bytes(), v)?),
+            None => None,
+        };
+        Ok(KnownConversation {
+            custom_field: custom_field.to_string(),
+            conversation,
+            raw,
+        })
+    }
+
     /// Read-modify-write of one conversation, one writer at a time. Creates it when absent.
     pub fn update_conversation(
         &self,
         custom_field: &str,
         now: DateTime<Utc>,
-        change: impl FnOnce(&mut Conversation),
+        change: impl FnMut(&mut Conversation),
+    ) -> Result<Conversation> {
+        self.update_conversation_known(custom_field, None, now, change)
+    }
+
+    /// [`Store::update_conversation`] from a conversation read before: when it is still what
+    /// is stored, one compare-and-swap checks that and writes (a reply's reaction reads its
+    /// conversation first, and need not read it again to write it). `change` runs again on
+    /// the stored conversation if `known` turned out to be stale.
+    pub fn update_conversation_known(
+        &self,
+        custom_field: &str,
+        known: Option<&KnownConversation>,
+        now: DateTime<Utc>,
+        mut change: impl FnMut(&mut Conversation),
     ) -> Result<Conversation> {
         let i = &self.inner;
         let _held = i.lock(custom_field.as_bytes());
-        let mut conv = match i.conversations.get(custom_field)? {
+        let stored = match known.filter(|k| k.custom_field == custom_field) {
+            Some(k) => {
+                let mut conv = k
+                    .conversation
+                    .clone()
+                    .unwrap_or_else(|| Conversation::new(custom_field, now));
+                change(&mut conv);
+                let swapped = i.conversations.compare_and_swap(
+                    custom_field.as_bytes(),
+                    k.raw.as_ref(),
+                    Some(to_vec(&conv)),
+                )?;
+                match swapped {
+                    Ok(()) => return Ok(conv),
+                    Err(cas) => cas.current,
+                }
+            }
+            None => i.conversations.get(custom_field)?,
+        };
+        let mut conv = match stored {
             Some(bytes) => decode("conversations", custom_field.as_bytes(), &bytes)?,
             None => Conversation::new(custom_field, now),
         };
@@ -1375,6 +1447,78 @@ mod tests {
             Some(&sent.entry),
             store.get_entry("other").unwrap().as_ref()
         );
+    }
+
+    #[tokio::test]
+    async fn a_conversation_update_from_a_stale_read_keeps_the_other_writers_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = Utc::now();
+        let line = |c: &Conversation| -> Vec<String> {
+            c.history.iter().map(|h| h.detail.clone()).collect()
+        };
+        // Read while absent; someone else creates it; the update applies to theirs.
+        let absent = store.read_conversation("cf").unwrap();
+        store
+            .update_conversation("cf", now, |c| c.record(now, "reply", "other".into(), None))
+            .unwrap();
+        let c = store
+            .update_conversation_known("cf", Some(&absent), now, |c| {
+                c.record(now, "reply", "mine".into(), None)
+            })
+            .unwrap();
+        assert_eq!(line(&c), ["other", "mine"]);
+        // Read, unchanged since: written from the read, and the result is what is stored.
+        let fresh = store.read_conversation("cf").unwrap();
+        let c = store
+            .update_conversation_known("cf", Some(&fresh), now, |c| {
+                c.state = Some("confirmada".into())
+            })
+            .unwrap();
+        assert_eq!(Some(c), store.get_conversation("cf").unwrap());
+        // A read of another conversation is never taken for this one.
+        let c = store
+            .update_conversation_known("cf2", Some(&fresh), now, |c| {
+                c.record(now, "reply", "x".into(), None)
+            })
+            .unwrap();
+        assert_eq!(
+            (c.custom_field.as_str(), line(&c)),
+            ("cf2", vec!["x".to_string()])
+        );
+    }
+
+    #[tokio::test]
+    async fn parked_events_are_taken_once_and_none_parked_costs_no_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let scans = |store: &Store| {
+            store
+                .op_counts()
+                .into_iter()
+                .filter(|(tree, kind, _)| *tree == "orphans" && *kind == OpKind::Scan)
+                .map(|(_, _, n)| n)
+                .sum::<u64>()
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert!(store.take_orphans("m1").unwrap().is_empty());
+            assert_eq!(scans(&store), 0, "nothing parked: nothing scanned");
+            store.park_orphan("m1", b"a").unwrap();
+            store.park_orphan("m1", b"b").unwrap();
+            store.park_orphan("m2", b"c").unwrap();
+            assert_eq!(
+                store.take_orphans("m1").unwrap(),
+                [b"a".to_vec(), b"b".to_vec()]
+            );
+            assert!(store.take_orphans("m1").unwrap().is_empty());
+            store.durable().await.unwrap();
+        }
+        // Reopened, the one still parked is counted from the tree.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.take_orphans("m2").unwrap(), [b"c".to_vec()]);
+        let before = scans(&store);
+        assert!(store.take_orphans("m2").unwrap().is_empty());
+        assert_eq!(scans(&store), before, "none left: no scan");
     }
 
     #[tokio::test]
