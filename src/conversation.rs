@@ -85,6 +85,14 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// What makes two replies the same for dedupe: mobile, trimmed text, conversation.
+    pub fn fingerprint(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&self.mobile, self.message.trim(), &self.custom_field).hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+
     pub fn to_context(&self) -> serde_json::Value {
         serde_json::json!({
             "mobile": self.mobile,

@@ -193,7 +193,7 @@ impl Engine {
             return Ok(());
         }
         if replayed.is_none() {
-            let fingerprint = reply_fingerprint(&reply);
+            let fingerprint = reply.fingerprint();
             let window =
                 chrono::Duration::from_std(self.config.webhook.dedupe_window).unwrap_or_default();
             if self
@@ -438,13 +438,6 @@ impl Engine {
         }
         Ok(())
     }
-}
-
-fn reply_fingerprint(reply: &Reply) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (&reply.mobile, reply.message.trim(), &reply.custom_field).hash(&mut h);
-    format!("{:016x}", h.finish())
 }
 
 /// Upper-case, accents and extra spaces removed: `cancelar  suscripción` = `CANCELAR SUSCRIPCION`.

@@ -14,8 +14,7 @@ use std::sync::Arc;
 pub enum OpKind {
     /// `get`, `contains_key`, `len`.
     Read,
-    /// `insert`, `compare_and_swap`, `fetch_and_update` (one read and one write, counted as
-    /// a write).
+    /// `insert`, `compare_and_swap`.
     Write,
     Remove,
     /// An iterator started (`iter`, `range`, `scan_prefix`); the items it yields are not
@@ -180,16 +179,6 @@ impl Tree {
     {
         self.count(OpKind::Write);
         self.tree.compare_and_swap(key, old, new)
-    }
-
-    pub fn fetch_and_update<K, V, F>(&self, key: K, f: F) -> sled::Result<Option<sled::IVec>>
-    where
-        K: AsRef<[u8]>,
-        F: FnMut(Option<&[u8]>) -> Option<V>,
-        sled::IVec: From<V>,
-    {
-        self.count(OpKind::Write);
-        self.tree.fetch_and_update(key, f)
     }
 
     pub fn remove<K: AsRef<[u8]>>(&self, key: K) -> sled::Result<Option<sled::IVec>> {
