@@ -292,12 +292,18 @@ impl Engine {
             }
         }
         edits.apply(self, &rule.name, now)?;
-        self.record_fired(
-            &rule.name,
-            &occ.key,
-            format!("ran {} actions", rule.actions.len()),
-            now,
-        )?;
+        let outcome = format!("ran {} actions", rule.actions.len());
+        if occ.reply.is_some() {
+            // A reply's occasion is marked done by the reply's own record, written after
+            // this (with its rule and outcome): no second record of it.
+            self.store.set_rule_last(
+                &rule.name,
+                &occ.key,
+                &crate::store::Fired { at: now, outcome },
+            )?;
+        } else {
+            self.record_fired(&rule.name, &occ.key, outcome, now)?;
+        }
         if queued > 0 {
             self.dispatch_wake.notify_one();
         }

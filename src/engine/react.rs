@@ -183,33 +183,29 @@ impl Engine {
             rule: None,
             outcome: "received".into(),
         };
-        // A replayed event (crash between its effects and leaving the inbox) keeps the verdict
-        // it got the first time: a duplicate stays one, anything else is not a duplicate.
-        let replayed = match fresh {
-            Fresh::Yes => None,
-            Fresh::Replay => self.store.get_reply(id)?,
-        };
-        if replayed.as_ref().is_some_and(|r| r.outcome == "duplicate") {
+        // The reply's record is the last write of its reaction, whatever the outcome, and sled
+        // recovers a prefix of its writes: a replayed event (a crash between its effects and
+        // leaving the inbox) whose record is there was reacted to in full. One without it runs
+        // again; its effects are idempotent.
+        if fresh == Fresh::Replay && self.store.get_reply(id)?.is_some() {
             return Ok(());
         }
-        if replayed.is_none() {
-            let fingerprint = reply.fingerprint();
-            let window =
-                chrono::Duration::from_std(self.config.webhook.dedupe_window).unwrap_or_default();
-            if self
-                .store
-                .record_reply_sighting(&fingerprint, received_at, id, window)?
-                .is_some()
-            {
-                Counters::bump(&self.counters.replies_duplicate);
-                reply.outcome = "duplicate".into();
-                self.store.put_reply(&reply)?;
-                return Ok(());
-            }
+        let fingerprint = reply.fingerprint();
+        let window =
+            chrono::Duration::from_std(self.config.webhook.dedupe_window).unwrap_or_default();
+        if self
+            .store
+            .record_reply_sighting(&fingerprint, received_at, id, window)?
+            .is_some()
+        {
+            Counters::bump(&self.counters.replies_duplicate);
+            reply.outcome = "duplicate".into();
+            self.store.put_reply(&reply)?;
+            return Ok(());
         }
-        // The reply is written once, with its outcome, below. A crash before that replays the
-        // event, and the sighting (which names this reply) keeps it from being taken for a
-        // duplicate of itself.
+        // The reply is written once, with its outcome, last. The sighting just recorded lives
+        // in memory and is rebuilt from reply records after a crash, so a replay of this event
+        // is never taken for a duplicate of itself.
 
         // Opt-out keywords are handled before any rule.
         let keyword = normalize_keyword(&text);
@@ -221,13 +217,13 @@ impl Engine {
                 at: now,
             })?;
             Counters::bump(&self.counters.opted_out);
-            reply.outcome = "opted_out".into();
-            self.store.put_reply(&reply)?;
             if let Some(cf) = &conversation_key {
                 self.store.update_conversation(cf, now, |c| {
                     c.record(now, "opted_out", text.clone(), None)
                 })?;
             }
+            reply.outcome = "opted_out".into();
+            self.store.put_reply(&reply)?;
             tracing::info!(reply = %reply.id, mobile = %mask(&reply.mobile), "patient opted out");
             return Ok(());
         }
@@ -287,7 +283,6 @@ impl Engine {
         };
         reply.outcome = "handled".into();
         reply.rule = Some(rule.name.clone());
-        self.store.put_reply(&reply)?;
         let occ = Occasion {
             key: format!("reply:{}:{}", rule.name, reply.id),
             appointment,
@@ -299,8 +294,9 @@ impl Engine {
             fresh: fresh == Fresh::Yes,
             ..Default::default()
         };
-        tracing::info!(reply = %occ.reply.as_ref().map_or("", |r| r.id.as_str()), custom_field = ?occ.custom_field, rule = %rule.name, "reply matched");
+        tracing::info!(reply = %reply.id, custom_field = ?occ.custom_field, rule = %rule.name, "reply matched");
         self.run_actions(rule, &occ, now)?;
+        self.store.put_reply(&reply)?;
         Ok(())
     }
 

@@ -866,3 +866,63 @@ async fn a_webhook_is_reacted_to_at_intake_unless_older_events_wait() {
     assert_eq!(replies, ["1", "hola", "2"], "{:?}", conv.history);
     t.shutdown().await;
 }
+
+/// A reply's record is the last write of its reaction: an event replayed from the inbox whose
+/// record is there is not reacted to again (no second line in its conversation, nothing
+/// queued twice); one whose record is missing (a crash cut its reaction short) runs again.
+#[tokio::test]
+async fn a_replayed_reply_runs_again_only_if_its_record_is_missing() {
+    let t = spawn_app(RULES, sim_config(), |_| {}).await;
+    let engine = &t.app().engine;
+    let body = |text: &str| {
+        recuerda::simulator::reply_payload("573001110008", text, "cita-Z8").to_string()
+    };
+    let reply_lines = || {
+        let conv = engine.store.get_conversation("cita-Z8").unwrap().unwrap();
+        conv.history
+            .iter()
+            .filter(|h| h.kind == "reply")
+            .map(|h| h.detail.clone())
+            .collect::<Vec<_>>()
+    };
+    let queued = || {
+        engine
+            .store
+            .outbox_entries()
+            .map(Result::unwrap)
+            .filter(|e| e.custom_field.as_deref() == Some("cita-Z8"))
+            .count()
+    };
+
+    engine.accept_webhook(body("1").as_bytes()).await.unwrap();
+    let first = engine.store.replies().map(Result::unwrap).next().unwrap();
+    assert_eq!((reply_lines(), queued()), (vec!["1".to_string()], 1));
+
+    // The same event back in the inbox under its id, as a crash before its removal leaves it.
+    let id: uuid::Uuid = first.id.parse().unwrap();
+    let raw = body("1");
+    engine
+        .store
+        .push_inbox_as(id, first.received_at, raw.as_bytes())
+        .unwrap();
+    engine.drain_inbox().await.unwrap();
+    assert_eq!(
+        (reply_lines(), queued()),
+        (vec!["1".to_string()], 1),
+        "a complete reaction is not run again"
+    );
+
+    // An event whose reaction left no record: it runs.
+    let lost = uuid::Uuid::now_v7();
+    let raw = body("hola");
+    engine
+        .store
+        .push_inbox_as(lost, engine.clock.now(), raw.as_bytes())
+        .unwrap();
+    engine.drain_inbox().await.unwrap();
+    assert_eq!(reply_lines(), ["1", "hola"]);
+    assert_eq!(queued(), 2, "the help message for `hola` is queued");
+    let record = engine.store.get_reply(&lost.to_string()).unwrap().unwrap();
+    assert_ne!(record.outcome, "duplicate");
+    t.shutdown().await;
+}
