@@ -518,7 +518,13 @@ impl Engine {
         if let Some(a) = &appointment {
             ctx.insert("appointment".into(), a.to_context());
         }
-        if let Some(cf) = &entry.custom_field {
+        // The conversation is read only for a send whose templates may use it (most do not:
+        // a read saved per send).
+        if let Some(cf) = entry
+            .custom_field
+            .as_ref()
+            .filter(|_| rules.send_reads(send, "conversation"))
+        {
             let conv = self.conversation_context(cf)?;
             ctx.insert("conversation".into(), conv);
         }

@@ -125,6 +125,18 @@ impl Renderer {
             .map_err(|e| render_error(&e, source))
     }
 
+    /// Whether the template under `key` may read `root` of its context: it names it, or it
+    /// can reach the whole context (`this`, `@root`, `lookup`, `../`). An unknown key may.
+    /// Lets a caller skip building a part of the context no template uses.
+    pub fn may_read(&self, key: &str, root: &str) -> bool {
+        self.sources.get(key).is_none_or(|source| {
+            source.contains(root)
+                || ["this", "@root", "lookup", "../"]
+                    .iter()
+                    .any(|whole| source.contains(whole))
+        })
+    }
+
     /// Whether a template is registered under `key`.
     pub fn contains(&self, key: &str) -> bool {
         self.sources.contains_key(key)
@@ -540,6 +552,29 @@ mod tests {
         for name in DROPPED_BUILTINS {
             assert!(not_found(name), "`{name}` should not be registered");
         }
+    }
+
+    #[test]
+    fn a_template_may_read_what_it_names_or_the_whole_context() {
+        let mut r = Renderer::new();
+        let sources = [
+            ("name", "{{primer_nombre appointment.paciente}}", false),
+            ("state", "{{default conversation.state \"-\"}}", true),
+            ("each", "{{#each this}}{{@key}}{{/each}}", true),
+            (
+                "root",
+                "{{#with appointment}}{{@root.reply.message}}{{/with}}",
+                true,
+            ),
+            ("up", "{{#with appointment}}{{../now}}{{/with}}", true),
+        ];
+        for (key, source, _) in sources {
+            r.register(key, source).unwrap();
+        }
+        for (key, source, reads) in sources {
+            assert_eq!(r.may_read(key, "conversation"), reads, "{source}");
+        }
+        assert!(r.may_read("not-registered", "conversation"));
     }
 
     #[test]

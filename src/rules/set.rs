@@ -314,6 +314,16 @@ impl RuleSet {
         })
     }
 
+    /// Whether rendering `send` may read `root` of the context (see [`Renderer::may_read`]).
+    pub fn send_reads(&self, send: &SendAction, root: &str) -> bool {
+        send.variables
+            .iter()
+            .chain(send.to.iter())
+            .chain(send.media.iter())
+            .chain(send.custom_field.iter())
+            .any(|key| self.renderer.may_read(key, root))
+    }
+
     /// Renders a text registered under `key` (a notify message) for `rule` over `ctx`.
     pub fn render_text(&self, rule: &Rule, key: &str, ctx: &Value) -> Result<String, RenderError> {
         let ctx = Self::context_for(rule, ctx);

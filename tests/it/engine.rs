@@ -926,3 +926,30 @@ async fn a_replayed_reply_runs_again_only_if_its_record_is_missing() {
     assert_ne!(record.outcome, "duplicate");
     t.shutdown().await;
 }
+
+/// A send whose template reads the conversation gets it as it stands at send time (the
+/// dispatcher reads the conversation only for such sends).
+#[tokio::test]
+async fn a_send_that_reads_the_conversation_sees_its_state() {
+    let rules = r#"
+rules:
+  - name: estado
+    trigger:
+      reply: {custom_field: "consulta-*", text: "^estado"}
+    actions:
+      - set_state: consultado
+      - send: {template: 996, variables: ["{{conversation.state}} ({{conversation.custom_field}})"]}
+"#;
+    let t = spawn_app(rules, sim_config(), |_| {}).await;
+    t.sim
+        .reply("573001110007", "estado", "consulta-7")
+        .await
+        .unwrap();
+    let sends = eventually("the answer is sent", || async {
+        let sends = t.sim.sends();
+        (!sends.is_empty()).then_some(sends)
+    })
+    .await;
+    assert_eq!(sends[0].variables, ["consultado (consulta-7)"]);
+    t.shutdown().await;
+}
