@@ -66,11 +66,18 @@ impl Engine {
         Ok(intake)
     }
 
-    /// Keeps the body in the inbox, then, when nothing older waits there, reacts to it at
-    /// once and takes it out again — all before the one flush the answer waits for. The inbox
-    /// write comes first on purpose: sled recovers a prefix of its writes, so any part of the
-    /// reaction that survives a crash comes with the body, which is then replayed (effects
-    /// are idempotent) rather than left half-done for the provider's retry to duplicate.
+    /// Reacts to the event at once when nothing older waits in the inbox, before the one flush
+    /// the answer waits for; behind older events (or when the reaction fails) the body goes to
+    /// the inbox for the processor.
+    ///
+    /// A reply's body is written to the inbox first even when reacted to here, and taken out
+    /// after: its reaction is keyed by the id minted here, and sled recovers a prefix of its
+    /// writes, so any part of the reaction that survives a crash comes with the body, which is
+    /// then replayed (effects are idempotent) rather than left half-done for the provider's
+    /// retry (a new id) to run a second time. A delivery event needs no such write: its
+    /// reaction is keyed by what it says (message, status, provider date), so the provider's
+    /// retry of it finds whatever part survived and adds nothing twice.
+    ///
     /// Reacting here saves the processor's read of the body, a second parse, and the reads
     /// that look for an earlier run of an event first seen now. Reactions only touch the
     /// store, never the network, so the provider's callback is not slowed by a rule.
@@ -83,13 +90,21 @@ impl Engine {
         let id = uuid::Uuid::now_v7();
         let _turn = self.reacting.lock().await;
         let behind = self.store.inbox_depth() > 0;
-        self.store.push_inbox_as(id, now, body)?;
+        let keyed_by_content = matches!(event, WebhookEvent::Status(_));
+        let body_first = behind || !keyed_by_content;
+        if body_first {
+            self.store.push_inbox_as(id, now, body)?;
+        }
         if !behind {
-            let id = id.to_string();
-            match self.react_to(&id, event, body, now, Fresh::Yes) {
-                Ok(()) => return Ok(self.store.remove_inbox(&id)?),
+            let id_text = id.to_string();
+            match self.react_to(&id_text, event, body, now, Fresh::Yes) {
+                Ok(()) if body_first => return Ok(self.store.remove_inbox(&id_text)?),
+                Ok(()) => return Ok(()),
                 Err(e) => {
-                    tracing::warn!(error = %e, "reacting to a webhook event failed; it stays in the inbox to retry")
+                    tracing::warn!(error = %e, "reacting to a webhook event failed; it stays in the inbox to retry");
+                    if !body_first {
+                        self.store.push_inbox_as(id, now, body)?;
+                    }
                 }
             }
         }
@@ -337,15 +352,21 @@ impl Engine {
                 .and_then(crate::provider::failure_reason)
                 .map(str::to_string)
         });
+        // A repeat of an event already applied (a provider retry, or a replay after a crash)
+        // adds nothing to the timeline, but its `status` rules run again: if a crash cut the
+        // first run short, what it did not write is done now, and what it wrote is not done
+        // twice (occasion keys).
+        let mut repeat_of_applied = false;
         let updated = self.store.update_entry(key, |e| {
             let applied = e.status.advances_to(next);
-            let duplicate = e
-                .timeline
-                .iter()
-                .any(|c| c.status == next && c.raw_date == event.raw_date && c.code == event.code);
-            if duplicate {
+            let same = |c: &StatusChange| {
+                c.status == next && c.raw_date == event.raw_date && c.code == event.code
+            };
+            if let Some(earlier) = e.timeline.iter().find(|c| same(c)) {
+                repeat_of_applied = earlier.applied;
                 return false;
             }
+            repeat_of_applied = false;
             e.timeline.push(StatusChange {
                 status: next,
                 at: now,
@@ -364,16 +385,21 @@ impl Engine {
             }
             true
         })?;
-        let Some(entry) = updated else {
-            return Ok(());
+        let (entry, repeat) = match updated {
+            Some(entry) => (entry, false),
+            None if repeat_of_applied => match self.store.get_entry(key)? {
+                Some(entry) => (entry, true),
+                None => return Ok(()),
+            },
+            None => return Ok(()),
         };
-        let applied = entry.timeline.last().map(|c| c.applied).unwrap_or(false);
+        let applied = repeat || entry.timeline.last().map(|c| c.applied).unwrap_or(false);
         if !applied {
             return Ok(());
         }
         // A failure belongs in the conversation's story; delivered/read stay in the message's
         // own timeline (one write per event instead of two on the busiest path).
-        if let (Some(cf), MessageStatus::Failed) = (&entry.custom_field, next) {
+        if let (false, Some(cf), MessageStatus::Failed) = (repeat, &entry.custom_field, next) {
             let detail = format!("failed: {}", reason.as_deref().unwrap_or("no reason given"));
             self.store.update_conversation(cf, now, |c| {
                 c.record(now, "failed", detail.clone(), Some(&entry.rule))

@@ -953,3 +953,73 @@ rules:
     assert_eq!(sends[0].variables, ["consultado (consulta-7)"]);
     t.shutdown().await;
 }
+
+/// A repeat of a delivery event already applied (a provider retry, or a replay after a crash
+/// cut its reaction short) adds nothing to the message's timeline, but runs its `status` rules
+/// again: what the first run did not get to write is done then, and nothing is done twice.
+#[tokio::test]
+async fn a_repeated_delivery_event_runs_the_status_rules_it_missed_once() {
+    let first_rules = r#"
+rules:
+  - name: recordatorio
+    trigger: {appointment: created}
+    actions:
+      - send: {template: 990, custom_field: "cita-{{appointment.id}}"}
+"#;
+    let mut sim = sim_config();
+    // Only `sent` comes from the simulator: the test sends `delivered` itself.
+    sim.delays.delivered = Duration::from_secs(3600);
+    sim.delays.read = Duration::from_secs(3600);
+    let t = spawn_app(first_rules, sim, |_| {}).await;
+    let mobile = "573001110006";
+    assert_eq!(
+        t.put_appointment("R1", appointment(mobile)).await.status(),
+        201
+    );
+    let msg = eventually("the reminder is sent", || async {
+        message_status(&t, mobile, 990)
+            .await
+            .filter(|m| m["status"] == "sent")
+    })
+    .await;
+    let id = msg["message_id"].as_str().unwrap().to_string();
+    let engine = &t.app().engine;
+    let at = chrono::Utc::now();
+    let delivered =
+        recuerda::simulator::event_payload(DeliveryEvent::Delivered, &id, "wamid.r1", None, at)
+            .to_string();
+    engine.accept_webhook(delivered.as_bytes()).await.unwrap();
+
+    // What a first run cut short looks like: the status is applied, its rule did not run
+    // (here: the rule arrives only now).
+    let with_rule = format!(
+        "{first_rules}  - name: entregado\n    trigger: {{status: delivered}}\n    actions:\n      - send: {{template: 991}}\n"
+    );
+    write_folder(t._dir.path(), &with_rule);
+    engine.reload_rules().unwrap();
+    for _ in 0..3 {
+        engine.accept_webhook(delivered.as_bytes()).await.unwrap();
+    }
+    eventually("the status rule's send went out", || async {
+        (t.sim.sends().len() == 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        t.sim.sends().len(),
+        2,
+        "the rule ran once for three repeats"
+    );
+    let msg = t.get(&format!("/api/v1/messages/{id}")).await;
+    let delivered_lines = msg["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "delivered")
+        .count();
+    assert_eq!(
+        delivered_lines, 1,
+        "the repeats added nothing to the timeline"
+    );
+    t.shutdown().await;
+}
