@@ -507,7 +507,7 @@ fn load_line(label: &str, r: &LoadResult) -> String {
 // ---- (a) delivery-status callbacks ---------------------------------------------------------
 
 async fn status_callbacks(o: &Options, out: &mut String) -> Result<Vec<Check>, BenchError> {
-    let _ = writeln!(out, "(a) delivery-status callbacks (sent, delivered, read for known messages) → webhook → inbox → message status");
+    let _ = writeln!(out, "(a) delivery-status callbacks (sent, delivered, read for known messages) → webhook → message status");
     let sink = start_sink().await?;
     let http = load::client(o.connections);
     let rules = load_rules_yaml(0);
