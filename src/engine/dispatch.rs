@@ -629,7 +629,9 @@ impl Engine {
                         return false;
                     }
                     e.set_status(MessageStatus::Queued, now, Some(reason.clone()));
-                    e.not_before = at;
+                    // Never earlier than it was due: a stale copy's quiet-hours requeue must
+                    // not pull a retry's backoff forward.
+                    e.not_before = at.max(e.not_before);
                     if !count_attempt {
                         e.attempts = e.attempts.saturating_sub(1);
                     }
@@ -778,6 +780,82 @@ fn without_url(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The engine on the bench's rules (its reply rule sends template 991) against the bench's
+    /// lean provider sink, on a fresh store.
+    async fn engine_on_sink(
+        dir: &std::path::Path,
+    ) -> (crate::app::Running, crate::bench::sink::Sink) {
+        use crate::bench::fixtures;
+        let sink = crate::bench::sink::Sink::start().await.unwrap();
+        let (rules_dir, templates_dir) =
+            fixtures::write_rules(dir, &fixtures::load_rules_yaml(0)).unwrap();
+        let mut config = crate::config::Config {
+            rules_dir,
+            templates_dir,
+            data_dir: dir.join("data"),
+            ..Default::default()
+        };
+        config.provider.base_url = sink.base_url();
+        config.provider.login = Some("bench".into());
+        config.provider.token = Some(crate::secret::Secret::new("bench-provider-token"));
+        let rules = crate::app::load_rules(&config).unwrap();
+        let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
+        let running = crate::app::start(config, rules, clock, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        (running, sink)
+    }
+
+    /// What a reply's reaction queues for the bench's reply rule (its send is action 1).
+    fn reply_send(key: &str, not_before: DateTime<Utc>) -> OutboxEntry {
+        let mut entry = OutboxEntry::queued(
+            key.into(),
+            OutboxKind::Send,
+            crate::bench::fixtures::REPLY_RULE,
+            1,
+            not_before,
+        );
+        entry.not_before = not_before;
+        entry.custom_field = Some("bench-1".into());
+        entry.mobile = Some("573000000001".into());
+        entry.context = serde_json::json!({"reply": {
+            "mobile": "573000000001", "message": "1", "custom_field": "bench-1"
+        }});
+        entry
+    }
+
+    /// A handed-off copy of an entry that is not due (here: queued for later; in life, one a
+    /// scan dispatched, failed and requeued with a backoff) is not sent before its time; a due
+    /// one handed off is sent at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handed_off_entry_leaves_only_when_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let (running, sink) = engine_on_sink(dir.path()).await;
+        let engine = &running.engine;
+        let now = Utc::now();
+
+        let later = engine
+            .store
+            .enqueue_new(reply_send("later#1", now + chrono::Duration::hours(1)))
+            .unwrap();
+        engine.hand_off(later);
+        engine.dispatch_wake.notify_one();
+        let due = engine.store.enqueue_new(reply_send("due#1", now)).unwrap();
+        engine.hand_off(due);
+        engine.dispatch_wake.notify_one();
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sink.sends() < 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(sink.sends(), 1, "only the due entry went out");
+        let status = |key: &str| engine.store.get_entry(key).unwrap().unwrap().status;
+        assert_eq!(status("later#1"), MessageStatus::Queued);
+        assert_eq!(status("due#1"), MessageStatus::Sent);
+        running.shutdown().await;
+    }
 
     /// Starts sends as fast as the pacer lets them through one simulated second.
     /// Returns `(sends started, waits)`.
