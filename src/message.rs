@@ -35,6 +35,11 @@ impl MessageStatus {
         }
     }
 
+    /// Queued or in flight: not yet sent, refused or given up.
+    pub fn is_pending(&self) -> bool {
+        matches!(self, Self::Queued | Self::Sending)
+    }
+
     /// Rank along the delivery path; a delivery event applies only when it ranks higher.
     fn delivery_rank(&self) -> u8 {
         match self {

@@ -296,11 +296,8 @@ impl Engine {
         if occ.reply.is_some() {
             // A reply's occasion is marked done by the reply's own record, written after
             // this (with its rule and outcome): no second record of it.
-            self.store.set_rule_last(
-                &rule.name,
-                &occ.key,
-                &crate::store::Fired { at: now, outcome },
-            )?;
+            self.store
+                .set_rule_last(&rule.name, &occ.key, &Fired { at: now, outcome })?;
         } else {
             self.record_fired(&rule.name, &occ.key, outcome, now)?;
         }

@@ -625,7 +625,7 @@ impl Engine {
             } => {
                 self.store.update_known(&entry.key, known, |e| {
                     // A stale copy (a hand-off a scan already dispatched) changes nothing.
-                    if !matches!(e.status, MessageStatus::Queued | MessageStatus::Sending) {
+                    if !e.status.is_pending() {
                         return false;
                     }
                     e.set_status(MessageStatus::Queued, now, Some(reason.clone()));
@@ -644,7 +644,7 @@ impl Engine {
                 reason,
             } => {
                 let updated = self.store.update_known(&entry.key, known, |e| {
-                    if !matches!(e.status, MessageStatus::Queued | MessageStatus::Sending) {
+                    if !e.status.is_pending() {
                         return false;
                     }
                     e.set_status(status, now, Some(reason.clone()));
@@ -816,7 +816,6 @@ mod tests {
             1,
             not_before,
         );
-        entry.not_before = not_before;
         entry.custom_field = Some("bench-1".into());
         entry.mobile = Some("573000000001".into());
         entry.context = serde_json::json!({"reply": {

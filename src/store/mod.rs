@@ -331,9 +331,49 @@ fn ms_from_key(bytes: &[u8]) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(ms)
 }
 
-/// Queued or in flight: the entries the `q` index holds.
-fn is_pending(status: MessageStatus) -> bool {
-    matches!(status, MessageStatus::Queued | MessageStatus::Sending)
+/// What an outbox entry's index keys (queue, mobile) and the queue counter depend on: kept
+/// from before a change instead of a copy of the whole entry.
+struct Indexed {
+    status: MessageStatus,
+    not_before: DateTime<Utc>,
+    mobile: Option<String>,
+}
+
+impl Indexed {
+    fn of(e: &OutboxEntry) -> Indexed {
+        Indexed {
+            status: e.status,
+            not_before: e.not_before,
+            mobile: e.mobile.clone(),
+        }
+    }
+
+    fn queue_key(&self, key: &str) -> Option<Vec<u8>> {
+        pending_queue_key(self.status, self.not_before, key)
+    }
+}
+
+/// An entry's `q` key: pending entries (queued or in flight) are in the queue index.
+fn pending_queue_key(
+    status: MessageStatus,
+    not_before: DateTime<Utc>,
+    key: &str,
+) -> Option<Vec<u8>> {
+    status.is_pending().then(|| queue_key(not_before, key))
+}
+
+/// The index keys changing entry `key` from `old` to `new` adds (written before the entry).
+/// Marking an entry `sending` keeps its queue key: none on the way out.
+fn index_keys_added(key: &str, old: &Indexed, new: &OutboxEntry) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    let new_q = pending_queue_key(new.status, new.not_before, key);
+    if let Some(q) = new_q.filter(|q| old.queue_key(key).as_ref() != Some(q)) {
+        keys.push(q);
+    }
+    if let Some(m) = new.mobile.as_ref().filter(|_| old.mobile != new.mobile) {
+        keys.push(mobile_key(m, key));
+    }
+    keys
 }
 
 fn queue_key(not_before: DateTime<Utc>, key: &str) -> Vec<u8> {
@@ -342,14 +382,6 @@ fn queue_key(not_before: DateTime<Utc>, key: &str) -> Vec<u8> {
 
 fn mobile_key(mobile: &str, key: &str) -> Vec<u8> {
     cat(&[b"m", mobile.as_bytes(), &[0], key.as_bytes()])
-}
-
-/// Whether changing an entry from `old` to `new` needs a new queue or mobile key (written
-/// before the entry).
-fn adds_index_keys(old: &OutboxEntry, new: &OutboxEntry) -> bool {
-    let new_queue =
-        is_pending(new.status) && !(is_pending(old.status) && old.not_before == new.not_before);
-    new_queue || (new.mobile.is_some() && new.mobile != old.mobile)
 }
 
 /// A rule's last deed as stored under `last/{rule}` and shown by the API.
@@ -709,17 +741,18 @@ impl Store {
         // writes (one traversal of the tree instead of a read and a write).
         let mut stored = None;
         if let Some(k) = known.filter(|k| k.entry.key == key) {
+            let old = Indexed::of(&k.entry);
             let mut new = k.entry.clone();
             // A `false` from a copy that may be stale proves nothing: the path below asks
             // the stored entry.
-            if change(&mut new) && !adds_index_keys(&k.entry, &new) {
+            if change(&mut new) && index_keys_added(key, &old, &new).is_empty() {
                 let raw = sled::IVec::from(to_vec(&new));
                 match i
                     .outbox
                     .compare_and_swap(&ekey, Some(&k.raw), Some(raw.clone()))?
                 {
                     Ok(()) => {
-                        self.after_entry_write(key, &k.entry, &new)?;
+                        self.after_entry_write(key, &old, &new)?;
                         return Ok(Some(KnownEntry { entry: new, raw }));
                     }
                     Err(cas) => match cas.current {
@@ -736,27 +769,18 @@ impl Store {
                 None => return Ok(None),
             },
         };
-        let old: OutboxEntry = match known {
+        let mut new: OutboxEntry = match known {
             Some(k) if k.entry.key == key && k.raw == bytes => k.entry.clone(),
             _ => decode("outbox", key.as_bytes(), &bytes)?,
         };
-        let mut new = old.clone();
+        let old = Indexed::of(&new);
         if !change(&mut new) {
             return Ok(None);
         }
         // New index keys, then the entry, then the old keys: every crash point leaves keys
         // that the readers check against the entry.
-        let old_q = is_pending(old.status).then(|| queue_key(old.not_before, key));
-        let new_q = is_pending(new.status).then(|| queue_key(new.not_before, key));
-        if let Some(q) = &new_q {
-            if old_q.as_ref() != Some(q) {
-                i.outbox.insert(q.as_slice(), &[])?;
-            }
-        }
-        if old.mobile != new.mobile {
-            if let Some(m) = &new.mobile {
-                i.outbox.insert(mobile_key(m, key), &[])?;
-            }
+        for k in index_keys_added(key, &old, &new) {
+            i.outbox.insert(k, &[])?;
         }
         let raw = sled::IVec::from(to_vec(&new));
         i.outbox.insert(ekey, raw.clone())?;
@@ -766,13 +790,10 @@ impl Store {
 
     /// What follows an entry's write from `old` to `new`: its old index keys go, and the
     /// queue counter follows.
-    fn after_entry_write(&self, key: &str, old: &OutboxEntry, new: &OutboxEntry) -> Result<()> {
+    fn after_entry_write(&self, key: &str, old: &Indexed, new: &OutboxEntry) -> Result<()> {
         let i = &self.inner;
-        // Marking an entry `sending` keeps its key: no index write on the way out.
-        let old_q = is_pending(old.status).then(|| queue_key(old.not_before, key));
-        let new_q = is_pending(new.status).then(|| queue_key(new.not_before, key));
-        if let Some(q) = old_q {
-            if new_q.as_ref() != Some(&q) {
+        if let Some(q) = old.queue_key(key) {
+            if pending_queue_key(new.status, new.not_before, key).as_ref() != Some(&q) {
                 i.outbox.remove(q)?;
             }
         }
@@ -797,7 +818,7 @@ impl Store {
         let key = String::from_utf8_lossy(&k[9..]).into_owned();
         Ok(self.read_entry(&key)?.filter(|known| {
             let e = &known.entry;
-            is_pending(e.status) && k[1..9] == ms_key(e.not_before)
+            e.status.is_pending() && k[1..9] == ms_key(e.not_before)
         }))
     }
 
@@ -1849,7 +1870,7 @@ mod tests {
             if e.status == MessageStatus::Queued {
                 queued += 1;
             }
-            if is_pending(e.status) {
+            if e.status.is_pending() {
                 assert_eq!(q_keys, vec![queue_key(e.not_before, key)], "{key}");
             } else {
                 assert!(
