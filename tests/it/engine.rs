@@ -818,6 +818,26 @@ async fn a_booking_whose_reactions_a_crash_cut_short_still_gets_them() {
     t.shutdown().await;
 }
 
+/// The patient's lines in conversation `cf`, oldest first.
+fn reply_lines(engine: &recuerda::engine::Engine, cf: &str) -> Vec<String> {
+    let conv = engine.store.get_conversation(cf).unwrap().unwrap();
+    conv.history
+        .iter()
+        .filter(|h| h.kind == "reply")
+        .map(|h| h.detail.clone())
+        .collect()
+}
+
+/// How many outbox entries (messages) conversation `cf` has.
+fn entries_of(engine: &recuerda::engine::Engine, cf: &str) -> usize {
+    engine
+        .store
+        .outbox_entries()
+        .map(Result::unwrap)
+        .filter(|e| e.custom_field.as_deref() == Some(cf))
+        .count()
+}
+
 /// A webhook event is reacted to before its answer when nothing older waits: the reply's
 /// record and what its rule queued are stored when `accept_webhook` returns, and the inbox
 /// is empty again. An event arriving behind older ones waits its turn: the processor takes
@@ -839,13 +859,11 @@ async fn a_webhook_is_reacted_to_at_intake_unless_older_events_wait() {
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0].outcome, "handled");
     assert_eq!(replies[0].rule.as_deref(), Some("confirma"));
-    let queued: Vec<_> = engine
-        .store
-        .outbox_entries()
-        .map(Result::unwrap)
-        .filter(|e| e.custom_field.as_deref() == Some("cita-Z9"))
-        .collect();
-    assert_eq!(queued.len(), 1, "the rule's send is in the outbox");
+    assert_eq!(
+        entries_of(engine, "cita-Z9"),
+        1,
+        "the rule's send is in the outbox"
+    );
 
     // An older event the processor has not taken yet (pushed without waking it).
     let older = body("hola");
@@ -856,14 +874,7 @@ async fn a_webhook_is_reacted_to_at_intake_unless_older_events_wait() {
     engine.accept_webhook(body("2").as_bytes()).await.unwrap();
     engine.drain_inbox().await.unwrap();
     assert_eq!(engine.store.inbox_depth(), 0);
-    let conv = engine.store.get_conversation("cita-Z9").unwrap().unwrap();
-    let replies: Vec<&str> = conv
-        .history
-        .iter()
-        .filter(|h| h.kind == "reply")
-        .map(|h| h.detail.as_str())
-        .collect();
-    assert_eq!(replies, ["1", "hola", "2"], "{:?}", conv.history);
+    assert_eq!(reply_lines(engine, "cita-Z9"), ["1", "hola", "2"]);
     t.shutdown().await;
 }
 
@@ -877,22 +888,8 @@ async fn a_replayed_reply_runs_again_only_if_its_record_is_missing() {
     let body = |text: &str| {
         recuerda::simulator::reply_payload("573001110008", text, "cita-Z8").to_string()
     };
-    let reply_lines = || {
-        let conv = engine.store.get_conversation("cita-Z8").unwrap().unwrap();
-        conv.history
-            .iter()
-            .filter(|h| h.kind == "reply")
-            .map(|h| h.detail.clone())
-            .collect::<Vec<_>>()
-    };
-    let queued = || {
-        engine
-            .store
-            .outbox_entries()
-            .map(Result::unwrap)
-            .filter(|e| e.custom_field.as_deref() == Some("cita-Z8"))
-            .count()
-    };
+    let reply_lines = || reply_lines(engine, "cita-Z8");
+    let queued = || entries_of(engine, "cita-Z8");
 
     engine.accept_webhook(body("1").as_bytes()).await.unwrap();
     let first = engine.store.replies().map(Result::unwrap).next().unwrap();
