@@ -141,6 +141,12 @@ pub struct OutboxEntry {
     pub timeline: Vec<StatusChange>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Pending without a key in the stored queue: a webhook's reaction handed it straight to
+    /// the dispatcher, and the webhook's body stays in the inbox until it leaves the queue
+    /// (its recovery path instead of the queue key). Cleared by any change other than the
+    /// dispatcher's `sending` mark and outcome; see `store`'s module doc.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handed_off: bool,
 }
 
 impl OutboxEntry {
@@ -182,6 +188,7 @@ impl OutboxEntry {
             }],
             created_at: now,
             updated_at: now,
+            handed_off: false,
         }
     }
 

@@ -1,6 +1,7 @@
 //! Running a rule's actions for one occasion: every `send`/`notify` becomes a durable outbox
 //! entry keyed by the occasion, so running the same occasion again changes nothing.
 
+use super::handoff::Hold;
 use super::{Engine, EngineError};
 use crate::appointment::{Appointment, AppointmentStatus};
 use crate::conversation::{Conversation, Reply};
@@ -9,6 +10,7 @@ use crate::rules::{Action, AppointmentChange, Rule, Trigger};
 use crate::store::Fired;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 /// One occasion of one rule: what triggered it, and the context its actions render over.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +37,9 @@ pub(crate) struct Occasion {
     /// The occasion's key names an event first seen now (a fresh reply's id): it cannot have
     /// fired or queued anything yet, so those reads are skipped.
     pub fresh: bool,
+    /// The webhook's held inbox item: due sends are handed off without a stored queue key,
+    /// the item standing for them (see `handoff`).
+    pub hold: Option<Arc<Hold>>,
 }
 
 /// A trigger's line in a conversation: who wrote and what.
@@ -185,7 +190,7 @@ impl Engine {
                     let custom_field = rendered_cf
                         .or_else(|| occ.custom_field.clone())
                         .unwrap_or_else(|| default_custom_field(appointment.as_ref(), &occ.key));
-                    let entry = self.new_entry(
+                    let mut entry = self.new_entry(
                         entry_key,
                         OutboxKind::Send,
                         rule,
@@ -196,9 +201,11 @@ impl Engine {
                         now,
                     );
                     let added = if occ.fresh {
+                        let due = entry.not_before <= now;
+                        entry.handed_off = due && occ.hold.is_some();
                         let known = self.store.enqueue_new(entry)?;
-                        if known.entry.not_before <= now {
-                            self.hand_off(known);
+                        if due {
+                            self.hand_off(known, occ.hold.clone());
                         }
                         true
                     } else {

@@ -1,6 +1,7 @@
 //! The dispatcher: takes due outbox entries, re-checks and renders them at send time, and
 //! sends with bounded concurrency and rate. Provider codes drive what happens next.
 
+use super::handoff::{HandOff, Hold};
 use super::{Counters, Engine, EngineError};
 use crate::appointment::AppointmentStatus;
 use crate::message::{MessageStatus, OutboxEntry, OutboxKind};
@@ -157,16 +158,25 @@ impl Engine {
                 // flight, and finds itself no longer queued at its `sending` mark if not.
                 handed
                     .into_iter()
-                    .filter(|k| !is_in_flight(&k.entry.key))
+                    .filter(|h| !is_in_flight(&h.known.entry.key))
                     .collect()
             } else {
                 last_scan = Instant::now();
-                // Whatever is handed off now is in the store: the scan finds it.
-                self.take_handed_off(usize::MAX);
+                // What is handed off now with a stored queue key, the scan finds; the rest
+                // (held by their webhook's inbox item) only the hand-off brings.
+                let held: Vec<HandOff> = self
+                    .take_handed_off(usize::MAX)
+                    .into_iter()
+                    .filter(|h| h.hold.is_some())
+                    .collect();
                 match self.store.due_outbox_except(now, 256, is_in_flight) {
                     // Only this loop adds to `in_flight`, and the scan passed over its keys:
                     // what came back is not in flight.
-                    Ok(d) => d,
+                    Ok(d) => d
+                        .into_iter()
+                        .map(|known| HandOff { known, hold: None })
+                        .chain(held)
+                        .collect::<Vec<_>>(),
                     Err(e) => {
                         tracing::error!(error = %e, "reading the outbox failed");
                         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -186,7 +196,7 @@ impl Engine {
                 }
                 continue;
             }
-            for known in fresh {
+            for HandOff { known, hold } in fresh {
                 let entry = &known.entry;
                 if self.dispatch_state() != DispatchState::Running || *shutdown.borrow() {
                     break;
@@ -207,16 +217,26 @@ impl Engine {
                 let flying = in_flight.clone();
                 tokio::spawn(async move {
                     let key = known.entry.key.clone();
-                    if let Err(e) = engine.dispatch_one(known).await {
-                        tracing::error!(key = %key, error = %e, "dispatching failed; the entry stays queued");
+                    match engine.dispatch_one(known).await {
+                        Ok(true) => {
+                            if let Some(hold) = &hold {
+                                hold.settled(&key);
+                            }
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::error!(key = %key, error = %e, "dispatching failed; the entry stays queued")
+                        }
                     }
                     flying
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&key);
                     engine.dispatch_wake.notify_one();
-                    // The engine (and so the store) is released before the permit: once the
-                    // dispatcher holds every permit at shutdown, no task holds the store.
+                    // The engine and the hold (and so the store) are released before the
+                    // permit: once the dispatcher holds every permit at shutdown, no task
+                    // holds the store.
+                    drop(hold);
                     drop(engine);
                     drop(permit);
                 });
@@ -228,15 +248,20 @@ impl Engine {
             .await;
     }
 
-    /// Gives the dispatcher an entry just queued and due now (see `handed_off`).
-    pub(crate) fn hand_off(&self, known: KnownEntry) {
+    /// Gives the dispatcher an entry just queued and due now (see `handed_off`). One not in
+    /// the stored queue comes with the hold that stands for it: when the shortcut is full,
+    /// it is dropped here, and the hold puts it in the stored queue once released.
+    pub(crate) fn hand_off(&self, known: KnownEntry, hold: Option<Arc<Hold>>) {
+        if let Some(h) = &hold {
+            h.cover(&known.entry.key);
+        }
         let mut handed = self.handed_off.lock().unwrap_or_else(|e| e.into_inner());
         if handed.len() < HAND_OFF_MAX {
-            handed.push_back(known);
+            handed.push_back(HandOff { known, hold });
         }
     }
 
-    fn take_handed_off(&self, max: usize) -> Vec<KnownEntry> {
+    fn take_handed_off(&self, max: usize) -> Vec<HandOff> {
         let mut handed = self.handed_off.lock().unwrap_or_else(|e| e.into_inner());
         let n = handed.len().min(max);
         handed.drain(..n).collect()
@@ -276,31 +301,34 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner()) = state;
     }
 
-    /// Sends (or notifies) one entry and records the outcome.
+    /// Sends (or notifies) one entry and records the outcome. `true` once the entry is done
+    /// with as a hand-off: out of the queue, or back in the stored one (see `handoff`).
     #[tracing::instrument(level = "debug", skip_all, fields(rule = %known.entry.rule, key = %known.entry.key, appointment = ?known.entry.appointment_id))]
-    async fn dispatch_one(&self, known: KnownEntry) -> Result<(), EngineError> {
+    async fn dispatch_one(&self, known: KnownEntry) -> Result<bool, EngineError> {
         match &known.entry.kind {
             OutboxKind::Notify { endpoint } => {
-                self.dispatch_notify(&known.entry, endpoint.clone()).await
+                self.dispatch_notify(&known.entry, endpoint.clone()).await?;
+                Ok(true)
             }
             OutboxKind::Send => self.dispatch_send(known).await,
         }
     }
 
-    async fn dispatch_send(&self, known: KnownEntry) -> Result<(), EngineError> {
+    async fn dispatch_send(&self, known: KnownEntry) -> Result<bool, EngineError> {
         let entry = &known.entry;
         let now = self.clock.now();
         let prepared = match self.prepare_send(entry, now)? {
             Ok(p) => p,
             Err(final_outcome) => {
-                return self.record_outcome(entry, Some(&known), final_outcome, None)
+                self.record_outcome(entry, Some(&known), final_outcome, None)?;
+                return Ok(true);
             }
         };
         let (request, text) = prepared;
         // Quiet hours are checked again now: the entry may have waited.
         let allowed = self.after_quiet_hours(now);
         if allowed > now {
-            return self.record_outcome(
+            self.record_outcome(
                 entry,
                 Some(&known),
                 Outcome::Requeue {
@@ -309,7 +337,8 @@ impl Engine {
                     count_attempt: false,
                 },
                 None,
-            );
+            )?;
+            return Ok(true);
         }
         // Durably mark the send as leaving before the request goes: after a crash from here on,
         // the outcome is unknown, never silently re-sent.
@@ -338,7 +367,8 @@ impl Engine {
             true
         })?;
         let Some(marked) = marked else {
-            return Ok(());
+            // Not queued and due: a hand-off not due yet stays one, for its hold to settle.
+            return Ok(false);
         };
         if let Err(e) = self.store.durable().await {
             // The mark is not on disk, so the request must not leave; put the entry back in
@@ -432,7 +462,7 @@ impl Engine {
         };
         self.record_outcome(&marked.entry, Some(&marked), outcome, Some(now))?;
         self.store.durable().await?;
-        Ok(())
+        Ok(true)
     }
 
     fn backoff(&self, attempts: u32) -> chrono::Duration {
@@ -838,10 +868,10 @@ mod tests {
             .store
             .enqueue_new(reply_send("later#1", now + chrono::Duration::hours(1)))
             .unwrap();
-        engine.hand_off(later);
+        engine.hand_off(later, None);
         engine.dispatch_wake.notify_one();
         let due = engine.store.enqueue_new(reply_send("due#1", now)).unwrap();
-        engine.hand_off(due);
+        engine.hand_off(due, None);
         engine.dispatch_wake.notify_one();
 
         let deadline = Instant::now() + Duration::from_secs(5);

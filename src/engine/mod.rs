@@ -8,6 +8,7 @@
 mod actions;
 mod balance;
 mod dispatch;
+mod handoff;
 mod react;
 mod reload;
 mod schedule;
@@ -85,9 +86,10 @@ pub struct EngineInner {
     /// Wakes the dispatcher (new entries, resume).
     dispatch_wake: Notify,
     /// Entries just queued by a reaction, due now, as they were written: the dispatcher takes
-    /// them without scanning the queue and reading them back. Only a shortcut: each is also
-    /// in the stored queue, which the dispatcher still scans (see `run_dispatcher`).
-    handed_off: Mutex<std::collections::VecDeque<crate::store::KnownEntry>>,
+    /// them without scanning the queue and reading them back. Each is also in the stored
+    /// queue, which the dispatcher still scans (see `run_dispatcher`), or, handed off by a
+    /// webhook's reaction, stood for by its held inbox item (see `handoff`).
+    handed_off: Mutex<std::collections::VecDeque<handoff::HandOff>>,
     /// Wakes the scheduler (new plans, reload).
     schedule_wake: Notify,
     /// When the sleeping scheduler wakes next (ms since the epoch; `i64::MIN` while it

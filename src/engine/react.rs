@@ -2,6 +2,7 @@
 //! no-reply timers) and delivery events (status only moves forward, `status` rules).
 
 use super::actions::{ConversationNote, Occasion};
+use super::handoff::Hold;
 use super::{Counters, Engine, EngineError};
 use crate::conversation::{Conversation, DeadLetter, OptOut, Reply};
 use crate::message::{MessageStatus, StatusChange};
@@ -10,6 +11,7 @@ use crate::provider::webhook::{self, DeliveryStatus, ReplyEvent, StatusEvent, We
 use crate::rules::{EventKind, Trigger};
 use chrono::{DateTime, Utc};
 use serde_json::json;
+use std::sync::Arc;
 
 /// Whether a webhook event was never seen before: processed at once under an id minted for
 /// it, nothing can carry that id yet, so the checks for an earlier half-done run are skipped.
@@ -97,13 +99,16 @@ impl Engine {
         }
         if !behind {
             let id_text = id.to_string();
-            match self.react_to(&id_text, event, body, now, Fresh::Yes) {
-                Ok(()) if body_first => return Ok(self.store.remove_inbox(&id_text)?),
+            // The body leaves the inbox when this hold is released: here, or once the sends
+            // the reaction hands off are done with.
+            let hold = body_first.then(|| Arc::new(Hold::new(&self.store, &id_text)));
+            match self.react_to(&id_text, event, body, now, Fresh::Yes, hold.as_ref()) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     tracing::warn!(error = %e, "reacting to a webhook event failed; it stays in the inbox to retry");
-                    if !body_first {
-                        self.store.push_inbox_as(id, now, body)?;
+                    match &hold {
+                        Some(hold) => hold.keep_item(),
+                        None => self.store.push_inbox_as(id, now, body)?,
                     }
                 }
             }
@@ -119,9 +124,10 @@ impl Engine {
         body: &[u8],
         received_at: DateTime<Utc>,
         fresh: Fresh,
+        hold: Option<&Arc<Hold>>,
     ) -> Result<(), EngineError> {
         match event {
-            WebhookEvent::Reply(reply) => self.on_reply(id, reply, received_at, fresh),
+            WebhookEvent::Reply(reply) => self.on_reply(id, reply, received_at, fresh, hold),
             WebhookEvent::Status(event) => self.on_status(event, body),
         }
     }
@@ -163,7 +169,9 @@ impl Engine {
             for (id, received_at, body) in batch {
                 let _turn = self.reacting.lock().await;
                 match webhook::parse(&body) {
-                    Ok(event) => self.react_to(&id, event, &body, received_at, Fresh::Replay)?,
+                    Ok(event) => {
+                        self.react_to(&id, event, &body, received_at, Fresh::Replay, None)?
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "an inbox event no longer parses; dropped")
                     }
@@ -185,6 +193,7 @@ impl Engine {
         event: ReplyEvent,
         received_at: DateTime<Utc>,
         fresh: Fresh,
+        hold: Option<&Arc<Hold>>,
     ) -> Result<(), EngineError> {
         Counters::bump(&self.counters.replies);
         let now = self.clock.now();
@@ -202,8 +211,13 @@ impl Engine {
         // recovers a prefix of its writes: a replayed event (a crash between its effects and
         // leaving the inbox) whose record is there was reacted to in full. One without it runs
         // again; its effects are idempotent.
-        if fresh == Fresh::Replay && self.store.get_reply(id)?.is_some() {
-            return Ok(());
+        // A replay may also find sends that the first run handed off, not yet in the stored
+        // queue (a reaction that failed after handing them off): the queue takes them.
+        if fresh == Fresh::Replay {
+            self.store.settle_hand_offs_of(id)?;
+            if self.store.get_reply(id)?.is_some() {
+                return Ok(());
+            }
         }
         let fingerprint = reply.fingerprint();
         let window =
@@ -299,7 +313,7 @@ impl Engine {
         reply.outcome = "handled".into();
         reply.rule = Some(rule.name.clone());
         let occ = Occasion {
-            key: format!("reply:{}:{}", rule.name, reply.id),
+            key: crate::store::reply_occasion(&reply.id, &rule.name),
             appointment,
             reply: Some(reply.clone()),
             custom_field: conversation_key,
@@ -307,6 +321,7 @@ impl Engine {
             conversation,
             conversation_read,
             fresh: fresh == Fresh::Yes,
+            hold: hold.cloned(),
             ..Default::default()
         };
         tracing::info!(reply = %reply.id, custom_field = ?occ.custom_field, rule = %rule.name, "reply matched");

@@ -277,6 +277,8 @@ struct Inner {
     /// Delivery events parked for messages not yet known: when none is, a send's outcome
     /// need not scan for them.
     orphans_len: std::sync::atomic::AtomicI64,
+    /// Inbox items held after their reaction (see [`Store::hold_inbox`]).
+    held: Mutex<std::collections::HashSet<String>>,
     /// Serializes read-modify-writes of one record (hashed by key); see the module doc.
     stripes: Box<[Mutex<()>]>,
     /// What each rule did last, not yet written: a fan-out of 100,000 occasions writes each
@@ -337,6 +339,7 @@ struct Indexed {
     status: MessageStatus,
     not_before: DateTime<Utc>,
     mobile: Option<String>,
+    handed_off: bool,
 }
 
 impl Indexed {
@@ -345,28 +348,46 @@ impl Indexed {
             status: e.status,
             not_before: e.not_before,
             mobile: e.mobile.clone(),
+            handed_off: e.handed_off,
         }
     }
 
     fn queue_key(&self, key: &str) -> Option<Vec<u8>> {
-        pending_queue_key(self.status, self.not_before, key)
+        pending_queue_key(self.status, self.not_before, self.handed_off, key)
     }
 }
 
-/// An entry's `q` key: pending entries (queued or in flight) are in the queue index.
+/// An entry's `q` key: pending entries (queued or in flight) are in the queue index, but for
+/// those handed off (their webhook's inbox item stands for it).
 fn pending_queue_key(
     status: MessageStatus,
     not_before: DateTime<Utc>,
+    handed_off: bool,
     key: &str,
 ) -> Option<Vec<u8>> {
-    status.is_pending().then(|| queue_key(not_before, key))
+    (status.is_pending() && !handed_off).then(|| queue_key(not_before, key))
+}
+
+/// A handed-off entry stays so only through the dispatcher's `sending` mark and outcome:
+/// any other change (a requeue, a retry's wait, a recovery) puts it in the stored queue.
+fn settle_handed_off(old: &Indexed, new: &mut OutboxEntry) {
+    if new.handed_off {
+        new.handed_off = old.handed_off
+            && match new.status {
+                MessageStatus::Queued => {
+                    old.status == MessageStatus::Queued && old.not_before == new.not_before
+                }
+                MessageStatus::Sending => old.status.is_pending(),
+                _ => false,
+            };
+    }
 }
 
 /// The index keys changing entry `key` from `old` to `new` adds (written before the entry).
 /// Marking an entry `sending` keeps its queue key: none on the way out.
 fn index_keys_added(key: &str, old: &Indexed, new: &OutboxEntry) -> Vec<Vec<u8>> {
     let mut keys = Vec::new();
-    let new_q = pending_queue_key(new.status, new.not_before, key);
+    let new_q = pending_queue_key(new.status, new.not_before, new.handed_off, key);
     if let Some(q) = new_q.filter(|q| old.queue_key(key).as_ref() != Some(q)) {
         keys.push(q);
     }
@@ -387,6 +408,12 @@ fn mobile_key(mobile: &str, key: &str) -> Vec<u8> {
 /// A rule's last deed as stored under `last/{rule}` and shown by the API.
 fn last_deed(occasion: &str, fired: &Fired) -> Vec<u8> {
     to_vec(&serde_json::json!({"occasion": occasion, "at": fired.at, "outcome": fired.outcome}))
+}
+
+/// The occasion key of reply `reply_id` matching `rule`: the reply's id first, so the
+/// entries of one reply's reaction share a prefix (see [`Store::settle_hand_offs_of`]).
+pub fn reply_occasion(reply_id: &str, rule: &str) -> String {
+    format!("reply:{reply_id}:{rule}")
 }
 
 fn cat(parts: &[&[u8]]) -> Vec<u8> {
@@ -483,6 +510,7 @@ impl Store {
             queued: std::sync::atomic::AtomicI64::new(0),
             inbox_len: std::sync::atomic::AtomicI64::new(0),
             orphans_len: std::sync::atomic::AtomicI64::new(0),
+            held: Mutex::default(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             last_deeds: Mutex::default(),
             ops: ops.clone(),
@@ -491,6 +519,15 @@ impl Store {
             flush_waiters: Default::default(),
         });
         let store = Store { inner };
+        // Entries handed off by reactions whose webhook items are still here lost their
+        // dispatcher with the last run: the stored queue takes them, before it is counted
+        // and before the engine looks for sends cut short.
+        for item in store.inner.inbox.iter() {
+            let (k, _) = item?;
+            if let Ok(id) = uuid::Uuid::from_slice(&k) {
+                store.settle_hand_offs_of(&id.to_string())?;
+            }
+        }
         let queued = store.sweep_queue()?;
         store.inner.queued.store(queued, Ordering::Relaxed);
         let waiting = store.inner.inbox.len() as i64;
@@ -682,7 +719,7 @@ impl Store {
             return Ok(None);
         }
         // Index keys before the entry: the entry is the commit point (see the module doc).
-        if entry.status == MessageStatus::Queued {
+        if entry.status == MessageStatus::Queued && !entry.handed_off {
             i.outbox
                 .insert(queue_key(entry.not_before, &entry.key), &[])?;
         }
@@ -745,7 +782,10 @@ impl Store {
             let mut new = k.entry.clone();
             // A `false` from a copy that may be stale proves nothing: the path below asks
             // the stored entry.
-            if change(&mut new) && index_keys_added(key, &old, &new).is_empty() {
+            if change(&mut new) && {
+                settle_handed_off(&old, &mut new);
+                index_keys_added(key, &old, &new).is_empty()
+            } {
                 let raw = sled::IVec::from(to_vec(&new));
                 match i
                     .outbox
@@ -777,6 +817,7 @@ impl Store {
         if !change(&mut new) {
             return Ok(None);
         }
+        settle_handed_off(&old, &mut new);
         // New index keys, then the entry, then the old keys: every crash point leaves keys
         // that the readers check against the entry.
         for k in index_keys_added(key, &old, &new) {
@@ -793,7 +834,9 @@ impl Store {
     fn after_entry_write(&self, key: &str, old: &Indexed, new: &OutboxEntry) -> Result<()> {
         let i = &self.inner;
         if let Some(q) = old.queue_key(key) {
-            if pending_queue_key(new.status, new.not_before, key).as_ref() != Some(&q) {
+            if pending_queue_key(new.status, new.not_before, new.handed_off, key).as_ref()
+                != Some(&q)
+            {
                 i.outbox.remove(q)?;
             }
         }
@@ -818,7 +861,7 @@ impl Store {
         let key = String::from_utf8_lossy(&k[9..]).into_owned();
         Ok(self.read_entry(&key)?.filter(|known| {
             let e = &known.entry;
-            e.status.is_pending() && k[1..9] == ms_key(e.not_before)
+            e.status.is_pending() && !e.handed_off && k[1..9] == ms_key(e.not_before)
         }))
     }
 
@@ -1195,13 +1238,26 @@ impl Store {
     }
 
     /// Up to `limit` unprocessed webhook bodies, oldest first: `(id, received_at, body)`.
+    /// Held ones (see [`Store::hold_inbox`]) are passed over.
     pub fn inbox(&self, limit: usize) -> Result<Vec<InboxItem>> {
         let mut out = Vec::new();
-        for item in self.inner.inbox.iter().take(limit) {
+        let held = self
+            .inner
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for item in self.inner.inbox.iter() {
+            if out.len() >= limit {
+                break;
+            }
             let (k, v) = item?;
             let id = uuid::Uuid::from_slice(&k)
                 .map(|u| u.to_string())
                 .unwrap_or_default();
+            if held.contains(&id) {
+                continue;
+            }
             let received_at = ms_from_key(&v).ok_or_else(|| StoreError::Corrupt {
                 tree: "inbox",
                 key: id.clone(),
@@ -1221,9 +1277,66 @@ impl Store {
         Ok(())
     }
 
-    /// Webhook bodies waiting to be processed.
+    /// Webhook bodies waiting to be processed (held ones are not waiting).
     pub fn inbox_depth(&self) -> usize {
-        self.inner.inbox_len.load(Ordering::Relaxed).max(0) as usize
+        let held = self
+            .inner
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        (self.inner.inbox_len.load(Ordering::Relaxed).max(0) as usize).saturating_sub(held)
+    }
+
+    /// Keeps inbox item `id`, already reacted to, as the recovery path of the entries its
+    /// reaction handed off: the processor passes it over and it does not count as waiting,
+    /// until [`Store::release_inbox`]. Held in memory only: at the next start it is an
+    /// ordinary item again, whose hand-offs [`Store::open`] has put in the stored queue.
+    pub fn hold_inbox(&self, id: &str) {
+        let mut held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.insert(id.to_string());
+    }
+
+    /// Ends [`Store::hold_inbox`]: the item goes (`remove`), or is left for the processor.
+    pub fn release_inbox(&self, id: &str, remove: bool) -> Result<()> {
+        // Removed before it is visible again, so the processor never replays it for nothing.
+        let removed = if remove {
+            self.remove_inbox(id)
+        } else {
+            Ok(())
+        };
+        let mut held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.remove(id);
+        removed
+    }
+
+    /// Puts handed-off entry `key`, if still pending, in the stored queue.
+    pub fn settle_hand_off(&self, key: &str) -> Result<()> {
+        self.update_entry(key, |e| {
+            let stranded = e.handed_off && e.status.is_pending();
+            e.handed_off = false;
+            stranded
+        })?;
+        Ok(())
+    }
+
+    /// [`Store::settle_hand_off`] for every entry of the reaction to reply `reply_id` (keyed
+    /// under [`reply_occasion`]); how many were still pending.
+    pub fn settle_hand_offs_of(&self, reply_id: &str) -> Result<usize> {
+        let prefix = cat(&[b"e", reply_occasion(reply_id, "").as_bytes()]);
+        let mut stranded = Vec::new();
+        for item in self.inner.outbox.scan_prefix(prefix) {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k[1..]).into_owned();
+            let e: OutboxEntry = decode("outbox", key.as_bytes(), &v)?;
+            if e.handed_off && e.status.is_pending() {
+                stranded.push(key);
+            }
+        }
+        for key in &stranded {
+            self.settle_hand_off(key)?;
+        }
+        Ok(stranded.len())
     }
 
     /// Stores a reply, or overwrites one with the same id.
@@ -1986,6 +2099,103 @@ mod tests {
             None,
             "the lost reply, replayed, is not a duplicate"
         );
+    }
+
+    /// Entries handed off without a queue key are found again through their webhook's inbox
+    /// item: a store opened with the item still there puts the pending ones in the stored
+    /// queue (a queued one to be sent, one left `sending` to be resolved as cut short), and
+    /// leaves alone those done with and the entries of other replies.
+    #[tokio::test]
+    async fn hand_offs_whose_inbox_item_survives_a_crash_are_queued_at_open() {
+        use crate::message::OutboxKind;
+        let dir = tempfile::tempdir().unwrap();
+        let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+        let (held, done) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let entry = |reply: uuid::Uuid, rule: &str| {
+            let key = format!("{}#0", reply_occasion(&reply.to_string(), rule));
+            let mut e = OutboxEntry::queued(key, OutboxKind::Send, rule, 0, now);
+            e.handed_off = true;
+            e
+        };
+        let (queued, sending, sent) = (entry(held, "a"), entry(held, "b"), entry(held, "c"));
+        let other = entry(done, "a");
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.push_inbox_as(held, now, b"{}").unwrap();
+            store.hold_inbox(&held.to_string());
+            for e in [&queued, &sending, &sent, &other] {
+                store.enqueue_new(e.clone()).unwrap();
+            }
+            set_status(&store, &sending.key, MessageStatus::Sending);
+            set_status(&store, &sent.key, MessageStatus::Sent);
+            assert_eq!(
+                store.due_outbox(now, 10).unwrap(),
+                vec![],
+                "not in the stored queue"
+            );
+            assert_eq!(store.inbox_depth(), 0, "a held item is not waiting");
+            assert!(
+                store.inbox(10).unwrap().is_empty(),
+                "nor seen by the processor"
+            );
+            store.durable().await.unwrap();
+            // The "crash": the hold is never released.
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let due: Vec<String> = store
+            .due_outbox(now, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(due, vec![queued.key.clone()]);
+        let in_flight: Vec<String> = store.in_flight_entries().map(|e| e.unwrap().key).collect();
+        assert_eq!(in_flight, vec![sending.key.clone()]);
+        assert!(!store.get_entry(&queued.key).unwrap().unwrap().handed_off);
+        assert_eq!(
+            store.inbox_depth(),
+            1,
+            "the item itself is replayed as usual"
+        );
+        let untouched = store.get_entry(&other.key).unwrap().unwrap();
+        assert!(
+            untouched.handed_off,
+            "another reply's item is gone: not this store's to fix"
+        );
+    }
+
+    /// Only the dispatcher's `sending` mark and outcome keep an entry handed off; any other
+    /// change (here a retry's wait) puts it in the stored queue.
+    #[tokio::test]
+    async fn a_requeued_hand_off_gets_its_queue_key() {
+        use crate::message::OutboxKind;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+        let mut e = OutboxEntry::queued("k".into(), OutboxKind::Send, "r", 0, now);
+        e.handed_off = true;
+        let known = store.enqueue_new(e).unwrap();
+        let marked = store
+            .update_known("k", Some(&known), |e| {
+                e.status = MessageStatus::Sending;
+                true
+            })
+            .unwrap()
+            .unwrap();
+        assert!(marked.entry.handed_off);
+        assert_eq!(store.in_flight_entries().count(), 0, "no queue key yet");
+        let later = now + chrono::Duration::seconds(30);
+        let requeued = store
+            .update_known("k", Some(&marked), |e| {
+                e.status = MessageStatus::Queued;
+                e.not_before = later;
+                true
+            })
+            .unwrap()
+            .unwrap();
+        assert!(!requeued.entry.handed_off);
+        assert_eq!(store.due_outbox(later, 10).unwrap(), vec![requeued.entry]);
+        assert_eq!(store.next_outbox_due().unwrap(), Some(later));
     }
 
     #[test]

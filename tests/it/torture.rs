@@ -616,7 +616,10 @@ async fn torture() {
                         expected_rule(text)
                     ));
                 }
-                let prefix = format!("reply:{}:{}#", expected_rule(text), r.id);
+                let prefix = format!(
+                    "{}#",
+                    recuerda::store::reply_occasion(&r.id, expected_rule(text))
+                );
                 let answers = entries
                     .iter()
                     .filter(|e| e.key.starts_with(&prefix))
