@@ -7,7 +7,9 @@
 //!   `appt_pending`: id → change (`created`, …) whose reactions are not yet all written
 //! - `outbox`: `e` ++ key → [`OutboxEntry`]; `q` ++ not_before_ms ++ key → () for pending
 //!   entries (queued, or `sending`: in flight, so start-up finds them without reading the
-//!   whole outbox);
+//!   whole outbox) but those `handed_off`, which their webhook's inbox item stands for
+//!   instead: held until they are done with, and at open their entries (keyed under
+//!   [`reply_occasion`], so one prefix scan) are put in the queue;
 //!   `m` ++ mobile ++ 0 ++ key → () (messages by patient)
 //! - `msgid`: provider messageId → outbox key
 //! - `conversations`: custom_field → [`Conversation`]
@@ -18,7 +20,8 @@
 //! - `replies`: uuid v7 → [`Reply`] (also the durable trace of the dedupe sightings, which
 //!   live in memory; stores written before kept them in a `reply_seen` tree, now unused)
 //! - `dead`: uuid v7 → [`DeadLetter`]
-//! - `due`: due_ms ++ key → [`DueEntry`]; `due_keys`: key → due_ms
+//! - `due`: due_ms ++ key → [`DueEntry`]; `due_keys`: key → due_ms (and in memory, how many
+//!   keys each `kind|subject|` group holds: most prefix look-ups need no scan)
 //!
 //! Anything acknowledged to someone is made durable first with [`Store::durable`]: one
 //! flusher task serves every waiting writer (group commit), so there is never more than one
@@ -32,6 +35,7 @@
 //! that point at nothing or at a record that moved on, and the readers check and drop those.
 
 mod counted;
+mod due_groups;
 
 pub use counted::OpKind;
 use counted::{OpCounts, Tree};
@@ -277,6 +281,8 @@ struct Inner {
     /// Delivery events parked for messages not yet known: when none is, a send's outcome
     /// need not scan for them.
     orphans_len: std::sync::atomic::AtomicI64,
+    /// The groups of plan keys that exist (see `due_groups`).
+    due_groups: Mutex<due_groups::DueGroups>,
     /// Inbox items held after their reaction (see [`Store::hold_inbox`]).
     held: Mutex<std::collections::HashSet<String>>,
     /// Serializes read-modify-writes of one record (hashed by key); see the module doc.
@@ -294,6 +300,10 @@ struct Inner {
 const STRIPES: usize = 64;
 
 impl Inner {
+    fn due_groups(&self) -> MutexGuard<'_, due_groups::DueGroups> {
+        self.due_groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn last_deeds_lock(
         &self,
     ) -> MutexGuard<'_, std::collections::HashMap<String, (String, Fired)>> {
@@ -511,6 +521,7 @@ impl Store {
             inbox_len: std::sync::atomic::AtomicI64::new(0),
             orphans_len: std::sync::atomic::AtomicI64::new(0),
             held: Mutex::default(),
+            due_groups: Mutex::default(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             last_deeds: Mutex::default(),
             ops: ops.clone(),
@@ -526,6 +537,12 @@ impl Store {
             let (k, _) = item?;
             if let Ok(id) = uuid::Uuid::from_slice(&k) {
                 store.settle_hand_offs_of(&id.to_string())?;
+            }
+        }
+        {
+            let mut groups = store.inner.due_groups();
+            for item in store.inner.due_keys.iter() {
+                groups.add(&String::from_utf8_lossy(&item?.0));
             }
         }
         let queued = store.sweep_queue()?;
@@ -1416,6 +1433,10 @@ impl Store {
         let _held = i.lock(&cat(&[b"d", key]));
         let at = ms_key(entry.due_at);
         let old = i.due_keys.get(key)?;
+        if old.is_none() {
+            // Counted before it exists: a prefix look-up never misses it.
+            i.due_groups().add(&entry.key);
+        }
         i.due.insert(cat(&[&at, key]), to_vec(entry))?;
         i.due_keys.insert(key, &at)?;
         if let Some(old) = old {
@@ -1433,6 +1454,7 @@ impl Store {
         let Some(old) = i.due_keys.remove(key.as_bytes())? else {
             return Ok(false);
         };
+        i.due_groups().remove(key);
         i.due.remove(cat(&[&old, key.as_bytes()]))?;
         Ok(true)
     }
@@ -1451,6 +1473,10 @@ impl Store {
 
     /// Planned entries whose key starts with `prefix` (e.g. every plan of one appointment).
     pub fn due_keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        // Every reply asks for its conversation's no-reply timers; most have none.
+        if self.inner.due_groups().surely_none(prefix) {
+            return Ok(Vec::new());
+        }
         self.inner
             .due_keys
             .scan_prefix(prefix)
@@ -2099,6 +2125,52 @@ mod tests {
             None,
             "the lost reply, replayed, is not a duplicate"
         );
+    }
+
+    /// A conversation's no-reply plans are found by prefix whether scheduled in this run or
+    /// before a restart (their groups are counted at open), and not once cancelled.
+    #[tokio::test]
+    async fn no_reply_plans_are_found_by_prefix_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = |key: &str| DueEntry {
+            key: key.into(),
+            due_at: Utc::now(),
+            rule: "r".into(),
+            appointment_id: None,
+            appointment_start: None,
+            context: serde_json::Value::Null,
+            custom_field: None,
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.schedule_due(&plan("noreply|cita-1|r#0")).unwrap();
+            store.schedule_due(&plan("noreply|cita-1|r#0")).unwrap();
+            assert_eq!(
+                store.due_keys_with_prefix("noreply|cita-1|").unwrap().len(),
+                1
+            );
+            assert!(store
+                .due_keys_with_prefix("noreply|cita-2|")
+                .unwrap()
+                .is_empty());
+            store.durable().await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.due_keys_with_prefix("noreply|cita-1|").unwrap(),
+            ["noreply|cita-1|r#0"]
+        );
+        store.schedule_due(&plan("noreply|cita-1|s#0")).unwrap();
+        assert!(store.cancel_due("noreply|cita-1|r#0").unwrap());
+        assert_eq!(
+            store.due_keys_with_prefix("noreply|cita-1|").unwrap(),
+            ["noreply|cita-1|s#0"]
+        );
+        assert!(store.cancel_due("noreply|cita-1|s#0").unwrap());
+        assert!(store
+            .due_keys_with_prefix("noreply|cita-1|")
+            .unwrap()
+            .is_empty());
     }
 
     /// Entries handed off without a queue key are found again through their webhook's inbox
