@@ -383,20 +383,25 @@ async fn flush_line(server: &Server, http: &reqwest::Client) -> String {
 }
 
 /// The server's store operations so far (`recuerda_store_operations_total`): (tree, kind) →
-/// count.
+/// count; and under [`DISK`] the bytes it has written to storage.
 type StoreOps = std::collections::BTreeMap<(String, String), u64>;
+
+const DISK: (&str, &str) = ("", "disk bytes");
 
 async fn store_ops(server: &Server, http: &reqwest::Client) -> StoreOps {
     const NAME: &str = "recuerda_store_operations_total{tree=\"";
     let text = server.metrics_text(http).await.unwrap_or_default();
-    text.lines()
+    let mut ops: StoreOps = text
+        .lines()
         .filter_map(|l| {
             let rest = l.strip_prefix(NAME)?;
             let (tree, rest) = rest.split_once("\",op=\"")?;
             let (op, n) = rest.split_once("\"} ")?;
             Some(((tree.to_string(), op.to_string()), n.trim().parse().ok()?))
         })
-        .collect()
+        .collect();
+    ops.insert((DISK.0.into(), DISK.1.into()), server.written_bytes());
+    ops
 }
 
 /// What the store did per event between two snapshots: totals by kind, then by tree (the
@@ -450,6 +455,15 @@ fn ops_line(before: &StoreOps, after: &StoreOps, events: u64, per: &str) -> Stri
         "    by tree (w write, d remove, r read, s scan)   {}\n",
         parts.join(" · ")
     ));
+    let disk = delta(&(DISK.0.into(), DISK.1.into()));
+    if disk > 0 {
+        // sled rewrites a leaf every 10 changes to it and cleans its log by rewriting what is
+        // live: the bytes per event say more about the store's cost than the records' size.
+        line.push_str(&format!(
+            "  written to disk            {:.1} KiB per {per} (the store's log and its cleaning, the server's log)\n",
+            disk as f64 / n / 1024.0
+        ));
+    }
     line
 }
 

@@ -86,6 +86,15 @@ fn clock_ticks() -> u64 {
     })
 }
 
+/// Bytes a process has caused to be written to storage (`write_bytes` of `/proc/<pid>/io`):
+/// sled's log and segment cleaning, and the server's log file.
+pub fn written_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// A `/proc/<pid>/status` memory figure (`VmRSS`, `VmHWM`) in KiB.
 pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -222,6 +231,11 @@ impl Server {
 
     pub fn cpu_seconds(&self) -> f64 {
         cpu_seconds(self.pid).unwrap_or(0.0)
+    }
+
+    /// See [`written_bytes`]; 0 where the OS does not say.
+    pub fn written_bytes(&self) -> u64 {
+        written_bytes(self.pid).unwrap_or(0)
     }
 
     pub fn rss_kib(&self) -> u64 {
