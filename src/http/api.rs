@@ -219,6 +219,9 @@ fn message_json(e: &OutboxEntry) -> Value {
             "id".into(),
             e.message_id.clone().unwrap_or_else(|| e.key.clone()).into(),
         );
+        // The store's bookkeeping (how a pending send is found after a crash), not the
+        // message's.
+        obj.remove("handed_off");
     }
     v
 }
