@@ -143,8 +143,8 @@ pub struct OutboxEntry {
     pub updated_at: DateTime<Utc>,
     /// Pending without a key in the stored queue: a webhook's reaction handed it straight to
     /// the dispatcher, and the webhook's body stays in the inbox until it leaves the queue
-    /// (its recovery path instead of the queue key). Cleared by any change other than the
-    /// dispatcher's `sending` mark and outcome; see `store`'s module doc.
+    /// (its recovery path instead of the queue key). Kept only through the dispatcher's
+    /// `sending` mark; any other change clears it; see `store`'s module doc.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub handed_off: bool,
 }

@@ -58,9 +58,16 @@ impl Hold {
         }
     }
 
-    /// The reaction did not finish: once released, the item is replayed, not removed.
+    /// The reaction did not finish: the item is replayed, not removed, and is visible to the
+    /// processor (and counts as waiting, so later events queue behind it) at once, not when
+    /// the sends handed off before the failure are done. A replay that finds one of those
+    /// still pending puts it in the stored queue; the dispatcher's `sending` mark (queued and
+    /// due only, under the entry's lock) keeps a copy found both ways from leaving twice.
     pub fn keep_item(&self) {
         self.keep.store(true, Ordering::Relaxed);
+        if let Err(e) = self.store.release_inbox(&self.inbox_id, false) {
+            tracing::error!(error = %e, inbox = %self.inbox_id, "could not hand a webhook event back to the processor");
+        }
     }
 }
 
@@ -143,10 +150,12 @@ mod tests {
         let failed = uuid::Uuid::now_v7();
         store.push_inbox_as(failed, now, b"{}").unwrap();
         let hold = Hold::new(&store, &failed.to_string());
-        hold.keep_item();
         assert_eq!(store.inbox_depth(), 0);
-        drop(hold);
+        hold.keep_item();
+        // Waiting again at once (later events queue behind it), not when the hold goes.
         assert_eq!(store.inbox_depth(), 1);
         assert_eq!(store.inbox(10).unwrap()[0].0, failed.to_string());
+        drop(hold);
+        assert_eq!(store.inbox_depth(), 1, "kept for the processor");
     }
 }

@@ -312,8 +312,14 @@ impl Engine {
         };
         reply.outcome = "handled".into();
         reply.rule = Some(rule.name.clone());
+        let mut key = crate::store::reply_occasion(&reply.id, &rule.name);
+        if fresh == Fresh::Replay {
+            if let Some(old) = self.store.legacy_reply_occasion(&reply.id, &rule.name)? {
+                key = old;
+            }
+        }
         let occ = Occasion {
-            key: crate::store::reply_occasion(&reply.id, &rule.name),
+            key,
             appointment,
             reply: Some(reply.clone()),
             custom_field: conversation_key,

@@ -51,7 +51,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, oneshot};
 
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: handed-off entries (no queue key; see `engine::handoff`) and reply occasion keys that
+/// start with the reply id. A version-1 store opens and becomes version 2 (it has neither);
+/// a version-2 store refuses a version-1 recuerda, which would never queue its hand-offs.
+pub const FORMAT_VERSION: u32 = 2;
+/// Older formats this recuerda opens, and upgrades on opening.
+const UPGRADES_FROM: &[u32] = &[1];
 
 /// How long opening waits for a store's lock to be released before reporting it in use.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -378,8 +383,9 @@ fn pending_queue_key(
     (status.is_pending() && !handed_off).then(|| queue_key(not_before, key))
 }
 
-/// A handed-off entry stays so only through the dispatcher's `sending` mark and outcome:
-/// any other change (a requeue, a retry's wait, a recovery) puts it in the stored queue.
+/// A handed-off entry stays so only while queued in place and through the dispatcher's
+/// `sending` mark: any other pending change (a requeue, a retry's wait, a recovery) puts it in
+/// the stored queue, and a final one (its outcome) clears the flag with nothing to queue.
 fn settle_handed_off(old: &Indexed, new: &mut OutboxEntry) {
     if new.handed_off {
         new.handed_off = old.handed_off
@@ -488,7 +494,10 @@ impl Store {
             }
             Some(v) => {
                 let found = String::from_utf8_lossy(&v).into_owned();
-                if found != FORMAT_VERSION.to_string() {
+                if UPGRADES_FROM.iter().any(|old| found == old.to_string()) {
+                    meta.insert("format_version", FORMAT_VERSION.to_string().as_bytes())?;
+                    db.flush()?;
+                } else if found != FORMAT_VERSION.to_string() {
                     return Err(StoreError::Version {
                         path,
                         found,
@@ -1296,13 +1305,19 @@ impl Store {
 
     /// Webhook bodies waiting to be processed (held ones are not waiting).
     pub fn inbox_depth(&self) -> usize {
-        let held = self
-            .inner
+        // Read under the held set's lock, which a release holds across its removal: the two
+        // figures always describe the same moment.
+        let held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        (self.inner.inbox_len.load(Ordering::Relaxed).max(0) as usize).saturating_sub(held.len())
+    }
+
+    /// Inbox items held for hand-offs not yet done with (see [`Store::hold_inbox`]).
+    pub fn held_inbox(&self) -> usize {
+        self.inner
             .held
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .len();
-        (self.inner.inbox_len.load(Ordering::Relaxed).max(0) as usize).saturating_sub(held)
+            .len()
     }
 
     /// Keeps inbox item `id`, already reacted to, as the recovery path of the entries its
@@ -1316,15 +1331,30 @@ impl Store {
 
     /// Ends [`Store::hold_inbox`]: the item goes (`remove`), or is left for the processor.
     pub fn release_inbox(&self, id: &str, remove: bool) -> Result<()> {
-        // Removed before it is visible again, so the processor never replays it for nothing.
+        // Removed before it is visible again, so the processor never replays it for nothing;
+        // under the held set's lock, so `inbox_depth` never sees it gone but still held.
+        let mut held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
         let removed = if remove {
             self.remove_inbox(id)
         } else {
             Ok(())
         };
-        let mut held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
         held.remove(id);
         removed
+    }
+
+    /// The occasion key a format-1 store gave reply `reply_id` matching `rule`
+    /// (`reply:{rule}:{id}`), if that occasion left anything: a reply whose reaction an older
+    /// recuerda began and a crash cut short is replayed under it, or it would queue its sends
+    /// a second time under the new key.
+    pub fn legacy_reply_occasion(&self, reply_id: &str, rule: &str) -> Result<Option<String>> {
+        let old = format!("reply:{rule}:{reply_id}");
+        let mut entries = self
+            .inner
+            .outbox
+            .scan_prefix(cat(&[b"e", old.as_bytes(), b"#"]));
+        let found = entries.next().transpose()?.is_some() || self.fired(&old)?.is_some();
+        Ok(found.then_some(old))
     }
 
     /// Puts handed-off entry `key`, if still pending, in the stored queue.
@@ -2125,6 +2155,37 @@ mod tests {
             None,
             "the lost reply, replayed, is not a duplicate"
         );
+    }
+
+    /// A format-1 store opens and becomes format 2; a store of a format this recuerda does not
+    /// know is refused with the versions named.
+    #[tokio::test]
+    async fn a_format_1_store_is_upgraded_and_an_unknown_format_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let version = |store: &Store| {
+            let v = store.inner.meta.get("format_version").unwrap().unwrap();
+            String::from_utf8_lossy(&v).into_owned()
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.inner.meta.insert("format_version", "1").unwrap();
+            store.durable().await.unwrap();
+        }
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(version(&store), FORMAT_VERSION.to_string());
+            store.inner.meta.insert("format_version", "9").unwrap();
+            store.durable().await.unwrap();
+        }
+        match Store::open(dir.path()) {
+            Err(StoreError::Version {
+                found, expected, ..
+            }) => {
+                assert_eq!((found.as_str(), expected), ("9", FORMAT_VERSION))
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("a store of format 9 opened"),
+        }
     }
 
     /// A conversation's no-reply plans are found by prefix whether scheduled in this run or

@@ -878,6 +878,44 @@ async fn a_webhook_is_reacted_to_at_intake_unless_older_events_wait() {
     t.shutdown().await;
 }
 
+/// A reply whose reaction a format-1 recuerda began (its sends keyed `reply:{rule}:{id}`) and
+/// a crash cut short, before its record: replayed after the upgrade, it runs under that old
+/// key, so what it had queued is not queued a second time under the new one.
+#[tokio::test]
+async fn a_reply_cut_short_before_the_upgrade_is_replayed_under_its_old_key() {
+    let t = spawn_app(RULES, sim_config(), |_| {}).await;
+    let engine = &t.app().engine;
+    let id = uuid::Uuid::now_v7();
+    let raw = recuerda::simulator::reply_payload("573001110007", "1", "cita-Z7").to_string();
+    // What the older recuerda left: the body in the inbox, one send queued under the old key
+    // (paused for now, so it waits), no reply record.
+    let mut left = recuerda::message::OutboxEntry::queued(
+        format!("reply:confirma:{id}#2"),
+        recuerda::message::OutboxKind::Send,
+        "confirma",
+        2,
+        engine.clock.now() + chrono::Duration::hours(1),
+    );
+    left.custom_field = Some("cita-Z7".into());
+    assert!(engine.store.enqueue(&left).unwrap());
+    engine
+        .store
+        .push_inbox_as(id, engine.clock.now(), raw.as_bytes())
+        .unwrap();
+    engine.drain_inbox().await.unwrap();
+    let keys: Vec<String> = engine
+        .store
+        .outbox_entries()
+        .map(Result::unwrap)
+        .filter(|e| e.custom_field.as_deref() == Some("cita-Z7"))
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(keys, vec![left.key.clone()], "nothing queued twice");
+    let record = engine.store.get_reply(&id.to_string()).unwrap().unwrap();
+    assert_eq!(record.outcome, "handled");
+    t.shutdown().await;
+}
+
 /// A reply's record is the last write of its reaction: an event replayed from the inbox whose
 /// record is there is not reacted to again (no second line in its conversation, nothing
 /// queued twice); one whose record is missing (a crash cut its reaction short) runs again.
