@@ -460,8 +460,14 @@ impl Engine {
                 }
             }
         };
+        // Not waited for: nothing is acknowledged on the outcome, and holding the send's slot
+        // for another flush slowed the sends behind it (asking for a flush without waiting
+        // was slower still: it crowded the group commits the webhooks wait for). The next
+        // group commit makes it durable — this slot's next `sending` mark waits for one, so a
+        // slot has at most one outcome not on disk — or sled's own within half a second when
+        // idle, or the shutdown's last one. A crash before then leaves the entry `sending`:
+        // resolved as unknown at the next start, never re-sent, as for a crash mid-request.
         self.record_outcome(&marked.entry, Some(&marked), outcome, Some(now))?;
-        self.store.durable().await?;
         Ok(true)
     }
 

@@ -169,7 +169,9 @@ async fn sigkill_mid_dispatch_sends_nothing_twice_and_loses_nothing() {
             other => panic!("{cf} ended `{other}`: {m}"),
         }
     }
-    // Only sends in flight at the kill can be unknown: at most the dispatcher's concurrency.
+    // Unknown: sends marked `sending` whose outcome was not on disk at the kill. At most one
+    // per dispatcher slot: a slot's next send is marked durably only after its previous
+    // outcome is written, and sled keeps a prefix of its log. So at most the concurrency.
     assert!(unknown <= 8, "{unknown} unknown");
     println!("crash: sends {n}, killed after {sent_before_restart}, lost 0, doubled 0, unknown {unknown}");
     sim.shutdown().await;
