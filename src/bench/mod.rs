@@ -532,7 +532,6 @@ async fn status_callbacks(o: &Options, out: &mut String) -> Result<Vec<Check>, B
     let prime = ((o.duration.as_secs_f64() * 2500.0) as u64).clamp(100, 100_000);
     sink.keep_ids(true);
     let primed = load::run(
-        &http,
         &server.webhook_url,
         o.connections,
         Duration::from_secs(300),
@@ -568,7 +567,6 @@ async fn status_callbacks(o: &Options, out: &mut String) -> Result<Vec<Check>, B
     let cpu0 = server.cpu_seconds();
     let events_ids = ids.clone();
     let r = load::run(
-        &http,
         &server.webhook_url,
         o.connections,
         o.duration,
@@ -645,14 +643,9 @@ async fn replies(o: &Options, out: &mut String) -> Result<Vec<Check>, BenchError
     let ops0 = store_ops(&server, &http).await;
     let cpu0 = server.cpu_seconds();
     let started = Instant::now();
-    let r = load::run(
-        &http,
-        &server.webhook_url,
-        o.connections,
-        o.duration,
-        &[],
-        |k| Some(reply_body(k, "", REPLY_TEXT)),
-    )
+    let r = load::run(&server.webhook_url, o.connections, o.duration, &[], |k| {
+        Some(reply_body(k, "", REPLY_TEXT))
+    })
     .await;
     let complete = wait_for_sends(&sink, r.ok, Duration::from_secs(120).max(o.duration * 6)).await;
     let sent = wait_for_metric(&server, &http, SENT_METRIC, r.ok, Duration::from_secs(10)).await;
@@ -737,7 +730,6 @@ async fn fan_out(o: &Options, out: &mut String) -> Result<Vec<Check>, BenchError
     let batches = n.div_ceil(BATCH);
     let start_of = tomorrow_starts(n);
     let loading = load::run(
-        &http,
         &format!("{}/api/v1/appointments/batch", server.base_url),
         2,
         Duration::from_secs(600),
