@@ -232,10 +232,15 @@ impl Engine {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&key);
-                    // No wake-up for the dispatcher: it waits for a free slot on the permits,
-                    // and a requeue (a retry's wait) is found by its 200 ms look while sends
-                    // are in flight. A wake per finished send had it scan the queue (twice)
-                    // ~1.4 times per reply once outcomes stopped waiting for a flush.
+                    // A finished send from the stored queue wakes the dispatcher to look at the
+                    // queue again (without, a 100,000-reminder dispatch ran at ~14,500/s
+                    // instead of ~20,000/s). A finished hand-off does not: the reactions that
+                    // hand off wake it, and a wake per hand-off finished had it find nothing
+                    // handed off and scan the queue twice, 2.7 scans per reply; a requeued
+                    // hand-off is found by its 200 ms look while sends are in flight.
+                    if hold.is_none() {
+                        engine.dispatch_wake.notify_one();
+                    }
                     // The engine and the hold (and so the store) are released before the
                     // permit: once the dispatcher holds every permit at shutdown, no task
                     // holds the store.
