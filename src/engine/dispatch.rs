@@ -11,6 +11,7 @@ use crate::provider::{
 use crate::rules::Action;
 use crate::store::KnownEntry;
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use rand::Rng;
 use serde_json::Value;
 use std::collections::HashSet;
@@ -154,6 +155,11 @@ impl Engine {
                 Vec::new()
             };
             let fresh = if !handed.is_empty() {
+                // The wake-ups of the reactions whose hand-offs were just taken are spent: one
+                // left stored would bring the loop back to an empty shortcut and a scan of
+                // the queue for nothing. (Not before the next look: the loop takes from the
+                // shortcut again before it sleeps.)
+                let _ = self.dispatch_wake.notified().now_or_never();
                 // A hand-off that a scan already dispatched is passed over here if still in
                 // flight, and finds itself no longer queued at its `sending` mark if not.
                 handed
