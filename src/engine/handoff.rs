@@ -82,7 +82,9 @@ impl std::fmt::Debug for Hold {
 impl Drop for Hold {
     fn drop(&mut self) {
         let keys = std::mem::take(self.keys.get_mut().unwrap_or_else(|e| e.into_inner()));
-        let settled = keys.iter().try_for_each(|k| self.store.settle_hand_off(k));
+        let settled = keys
+            .iter()
+            .try_for_each(|k| self.store.settle_hand_off(k).map(drop));
         // Unsettled, the item must stay: its replay settles the entries.
         let remove = settled.is_ok() && !self.keep.load(Ordering::Relaxed);
         if let Err(e) = settled {

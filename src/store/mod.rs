@@ -745,9 +745,10 @@ impl Store {
             return Ok(None);
         }
         // Index keys before the entry: the entry is the commit point (see the module doc).
-        if entry.status == MessageStatus::Queued && !entry.handed_off {
-            i.outbox
-                .insert(queue_key(entry.not_before, &entry.key), &[])?;
+        if let Some(q) =
+            pending_queue_key(entry.status, entry.not_before, entry.handed_off, &entry.key)
+        {
+            i.outbox.insert(q, &[])?;
         }
         if let Some(mobile) = &entry.mobile {
             i.outbox.insert(mobile_key(mobile, &entry.key), &[])?;
@@ -1357,33 +1358,32 @@ impl Store {
         Ok(found.then_some(old))
     }
 
-    /// Puts handed-off entry `key`, if still pending, in the stored queue.
-    pub fn settle_hand_off(&self, key: &str) -> Result<()> {
-        self.update_entry(key, |e| {
+    /// Puts handed-off entry `key`, if still pending, in the stored queue; whether it was.
+    pub fn settle_hand_off(&self, key: &str) -> Result<bool> {
+        let settled = self.update_entry(key, |e| {
             let stranded = e.handed_off && e.status.is_pending();
             e.handed_off = false;
             stranded
         })?;
-        Ok(())
+        Ok(settled.is_some())
     }
 
     /// [`Store::settle_hand_off`] for every entry of the reaction to reply `reply_id` (keyed
     /// under [`reply_occasion`]); how many were still pending.
     pub fn settle_hand_offs_of(&self, reply_id: &str) -> Result<usize> {
         let prefix = cat(&[b"e", reply_occasion(reply_id, "").as_bytes()]);
-        let mut stranded = Vec::new();
-        for item in self.inner.outbox.scan_prefix(prefix) {
-            let (k, v) = item?;
-            let key = String::from_utf8_lossy(&k[1..]).into_owned();
-            let e: OutboxEntry = decode("outbox", key.as_bytes(), &v)?;
-            if e.handed_off && e.status.is_pending() {
-                stranded.push(key);
-            }
+        // Keys first: each settle takes the entry's lock and reads it (once) itself.
+        let keys: Vec<String> = self
+            .inner
+            .outbox
+            .scan_prefix(prefix)
+            .map(|item| item.map(|(k, _)| String::from_utf8_lossy(&k[1..]).into_owned()))
+            .collect::<std::result::Result<_, _>>()?;
+        let mut settled = 0;
+        for key in &keys {
+            settled += usize::from(self.settle_hand_off(key)?);
         }
-        for key in &stranded {
-            self.settle_hand_off(key)?;
-        }
-        Ok(stranded.len())
+        Ok(settled)
     }
 
     /// Stores a reply, or overwrites one with the same id.
