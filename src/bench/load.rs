@@ -104,7 +104,8 @@ pub fn rate(n: u64, elapsed: Duration) -> f64 {
     }
 }
 
-/// An HTTP client for `connections` concurrent keep-alive connections.
+/// An HTTP client for `connections` concurrent keep-alive connections: the benchmark's
+/// control calls (metrics, firing a rule; the load itself goes through [`run`]).
 pub fn client(connections: usize) -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(connections.max(1))

@@ -89,15 +89,17 @@ fn clock_ticks() -> u64 {
 /// Bytes a process has caused to be written to storage (`write_bytes` of `/proc/<pid>/io`):
 /// sled's log and segment cleaning, and the server's log file.
 pub fn written_bytes(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("write_bytes:"))
-        .and_then(|v| v.trim().parse().ok())
+    proc_number(pid, "io", "write_bytes")
 }
 
 /// A `/proc/<pid>/status` memory figure (`VmRSS`, `VmHWM`) in KiB.
 pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    proc_number(pid, "status", key)
+}
+
+/// The number on the `key: number …` line of `/proc/<pid>/<file>`.
+fn proc_number(pid: u32, file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
     text.lines()
         .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
