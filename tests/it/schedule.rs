@@ -62,17 +62,24 @@ async fn settle(t: &TestApp) {
     for _ in 0..500 {
         let now = engine.clock.now();
         let store = &engine.store;
-        let in_flight = store
-            .outbox_entries()
-            .filter_map(Result::ok)
-            .any(|e| e.status == MessageStatus::Sending);
+        let in_flight = || {
+            store
+                .outbox_entries()
+                .filter_map(Result::ok)
+                .any(|e| e.status == MessageStatus::Sending)
+        };
+        // Each stage is asked after the ones that feed it (plans and webhooks, then queued
+        // sends, then sends in flight): work moves forward while we look, so a send that
+        // leaves the queue after the queue was asked is still caught in flight. Asked the other
+        // way round, a send marked between the two looks was missed, and the clock moved on
+        // under its request (a no-reply timer started a step late).
         if engine.scheduled_through().is_some_and(|t| t >= now)
             && store.due_until(now, 1).unwrap().is_empty()
-            && store.due_outbox(now, 1).unwrap().is_empty()
-            && !in_flight
             && store.inbox_depth() == 0
             // A reply's sends handed straight to the dispatcher are in no stored queue.
             && store.held_inbox() == 0
+            && store.due_outbox(now, 1).unwrap().is_empty()
+            && !in_flight()
         {
             return;
         }
@@ -229,9 +236,31 @@ async fn a_simulated_clinic_day() {
         .filter(|id| sent[&(994, id.clone())] != bogota(4, 12, 0))
         .map(|id| format!("{id} at {}", local(sent[&(994, id.clone())])))
         .collect();
+    // On failure, each late patient's messages with their timelines: a no-reply timer starts
+    // when its reminder's send is recorded, so a retried reminder shows why.
+    let story = |id: &str| -> Vec<String> {
+        t.app()
+            .engine
+            .store
+            .outbox_entries()
+            .filter_map(Result::ok)
+            .filter(|e| e.custom_field.as_deref() == Some(&format!("cita-{id}")))
+            .map(|e| {
+                let steps: Vec<String> = e
+                    .timeline
+                    .iter()
+                    .map(|c| format!("{} {} {:?}", c.status.as_str(), local(c.at), c.reason))
+                    .collect();
+                format!("{:?}: {}", e.template_id, steps.join(", "))
+            })
+            .collect()
+    };
     assert!(
         late.is_empty(),
-        "no-reply reminders not sent at 12:00: {late:?}"
+        "no-reply reminders not sent at 12:00: {late:?}; their messages: {:?}",
+        late.iter()
+            .map(|l| story(l.split(' ').next().unwrap_or_default()))
+            .collect::<Vec<_>>()
     );
     // Two hours before: today's except the cancelled D00; tomorrow's except the two who
     // cancelled; T24 at its new time; L1 (booked late) never.
