@@ -36,6 +36,7 @@
 
 mod counted;
 mod due_groups;
+mod entry_codec;
 
 pub use counted::OpKind;
 use counted::{OpCounts, Tree};
@@ -54,9 +55,12 @@ use tokio::sync::{mpsc, oneshot};
 /// 2: handed-off entries (no queue key; see `engine::handoff`) and reply occasion keys that
 /// start with the reply id. A version-1 store opens and becomes version 2 (it has neither);
 /// a version-2 store refuses a version-1 recuerda, which would never queue its hand-offs.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: outbox entries written in a compact binary form (`entry_codec`); the JSON ones of
+/// older stores are still read, and rewritten compact when they change. An older recuerda
+/// refuses a version-3 store, whose entries it could not read.
+pub const FORMAT_VERSION: u32 = 3;
 /// Older formats this recuerda opens, and upgrades on opening.
-const UPGRADES_FROM: &[u32] = &[1];
+const UPGRADES_FROM: &[u32] = &[1, 2];
 
 /// How long opening waits for a store's lock to be released before reporting it in use.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -441,6 +445,15 @@ fn to_vec<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+/// An outbox entry's record (see `entry_codec`).
+fn decode_entry(key: &[u8], bytes: &[u8]) -> Result<OutboxEntry> {
+    entry_codec::decode(key, bytes).map_err(|message| StoreError::Corrupt {
+        tree: "outbox",
+        key: String::from_utf8_lossy(key).into_owned(),
+        message,
+    })
+}
+
 fn decode<T: DeserializeOwned>(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         tree,
@@ -753,7 +766,7 @@ impl Store {
         if let Some(mobile) = &entry.mobile {
             i.outbox.insert(mobile_key(mobile, &entry.key), &[])?;
         }
-        let raw = sled::IVec::from(to_vec(entry));
+        let raw = sled::IVec::from(entry_codec::encode(entry));
         i.outbox.insert(ekey, raw.clone())?;
         if entry.status == MessageStatus::Queued {
             i.queued.fetch_add(1, Ordering::Relaxed);
@@ -768,7 +781,7 @@ impl Store {
     fn read_entry(&self, key: &str) -> Result<Option<KnownEntry>> {
         match self.inner.outbox.get(cat(&[b"e", key.as_bytes()]))? {
             Some(raw) => Ok(Some(KnownEntry {
-                entry: decode("outbox", key.as_bytes(), &raw)?,
+                entry: decode_entry(key.as_bytes(), &raw)?,
                 raw,
             })),
             None => Ok(None),
@@ -813,7 +826,7 @@ impl Store {
                 settle_handed_off(&old, &mut new);
                 index_keys_added(key, &old, &new).is_empty()
             } {
-                let raw = sled::IVec::from(to_vec(&new));
+                let raw = sled::IVec::from(entry_codec::encode(&new));
                 match i
                     .outbox
                     .compare_and_swap(&ekey, Some(&k.raw), Some(raw.clone()))?
@@ -838,7 +851,7 @@ impl Store {
         };
         let mut new: OutboxEntry = match known {
             Some(k) if k.entry.key == key && k.raw == bytes => k.entry.clone(),
-            _ => decode("outbox", key.as_bytes(), &bytes)?,
+            _ => decode_entry(key.as_bytes(), &bytes)?,
         };
         let old = Indexed::of(&new);
         if !change(&mut new) {
@@ -850,7 +863,7 @@ impl Store {
         for k in index_keys_added(key, &old, &new) {
             i.outbox.insert(k, &[])?;
         }
-        let raw = sled::IVec::from(to_vec(&new));
+        let raw = sled::IVec::from(entry_codec::encode(&new));
         i.outbox.insert(ekey, raw.clone())?;
         self.after_entry_write(key, &old, &new)?;
         Ok(Some(KnownEntry { entry: new, raw }))
@@ -999,7 +1012,7 @@ impl Store {
     pub fn outbox_entries(&self) -> impl Iterator<Item = Result<OutboxEntry>> + '_ {
         self.inner.outbox.scan_prefix(b"e").map(|item| {
             let (k, v) = item?;
-            decode("outbox", &k[1..], &v)
+            decode_entry(&k[1..], &v)
         })
     }
 
@@ -2157,19 +2170,53 @@ mod tests {
         );
     }
 
-    /// A format-1 store opens and becomes format 2; a store of a format this recuerda does not
-    /// know is refused with the versions named.
+    /// Format-1 and format-2 stores open and become the current format, their JSON outbox
+    /// entries still read (and written compact once changed); a store of a format this
+    /// recuerda does not know is refused with the versions named.
     #[tokio::test]
-    async fn a_format_1_store_is_upgraded_and_an_unknown_format_refused() {
+    async fn older_stores_are_upgraded_and_an_unknown_format_refused() {
+        use crate::message::{OutboxEntry, OutboxKind};
         let dir = tempfile::tempdir().unwrap();
         let version = |store: &Store| {
             let v = store.inner.meta.get("format_version").unwrap().unwrap();
             String::from_utf8_lossy(&v).into_owned()
         };
-        {
+        let now = Utc::now();
+        let old = OutboxEntry::queued("old".into(), OutboxKind::Send, "r", 0, now);
+        for format in ["1", "2"] {
+            {
+                let store = Store::open(dir.path()).unwrap();
+                store.inner.meta.insert("format_version", format).unwrap();
+                // As an older recuerda wrote it: JSON, with its queue key.
+                store
+                    .inner
+                    .outbox
+                    .insert(b"eold", serde_json::to_vec(&old).unwrap())
+                    .unwrap();
+                store
+                    .inner
+                    .outbox
+                    .insert(queue_key(old.not_before, "old"), &[])
+                    .unwrap();
+                store.durable().await.unwrap();
+            }
             let store = Store::open(dir.path()).unwrap();
-            store.inner.meta.insert("format_version", "1").unwrap();
-            store.durable().await.unwrap();
+            assert_eq!(version(&store), FORMAT_VERSION.to_string(), "from {format}");
+            assert_eq!(store.get_entry("old").unwrap().as_ref(), Some(&old));
+            let due: Vec<String> = store
+                .due_outbox(now, 10)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.key)
+                .collect();
+            assert_eq!(due, ["old"], "from {format}");
+            set_status(&store, "old", MessageStatus::Sending);
+            let raw = store.inner.outbox.get(b"eold").unwrap().unwrap();
+            assert_ne!(raw.first(), Some(&b'{'), "rewritten compact");
+            assert_eq!(
+                store.get_entry("old").unwrap().map(|e| e.status),
+                Some(MessageStatus::Sending)
+            );
         }
         {
             let store = Store::open(dir.path()).unwrap();
