@@ -6,7 +6,6 @@ use super::error::{consequence, excerpt, Call, ProviderCode, ProviderError};
 use super::types::{count_placeholders, MessageId, SendRequest};
 use crate::config::ProviderConfig;
 use crate::secret::Secret;
-use reqwest::multipart::Form;
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
 use std::fmt;
@@ -127,22 +126,30 @@ impl Client {
     /// Failures say through [`ProviderError::disposition`] whether the message provably was
     /// not sent (retry), was refused (and why), or may have been sent (unknown).
     pub async fn send(&self, req: &SendRequest) -> Result<MessageId, ProviderError> {
-        let mut form = Form::new()
-            .text("login", self.login.clone())
-            .text("token", self.token.expose().to_string())
-            .text("id_template", req.template.to_string())
-            .text("mobile", req.mobile.as_str().to_string());
-        if let Some(variables) = req.variables.to_wire() {
-            form = form.text("template_variables", variables);
+        let template = req.template.to_string();
+        let variables = req.variables.to_wire();
+        let mut fields = vec![
+            ("login", self.login.as_str()),
+            ("token", self.token.expose()),
+            ("id_template", template.as_str()),
+            ("mobile", req.mobile.as_str()),
+        ];
+        if let Some(variables) = &variables {
+            fields.push(("template_variables", variables));
         }
         if let Some(media) = &req.media {
-            form = form.text("media", media.as_str().to_string());
+            fields.push(("media", media.as_str()));
         }
         if let Some(custom_field) = &req.custom_field {
-            form = form.text("custom_field", custom_field.as_str().to_string());
+            fields.push(("custom_field", custom_field.as_str()));
         }
         tracing::debug!(template = %req.template, mobile = %req.mobile.masked(), "provider send");
-        let request = self.http.post(self.url(Call::Send)).multipart(form);
+        let form = super::multipart::form(&fields);
+        let request = self
+            .http
+            .post(self.url(Call::Send))
+            .header(reqwest::header::CONTENT_TYPE, form.content_type)
+            .body(form.body);
         let (status, body) = self.exchange(Call::Send, request).await?;
         let value = self.json(Call::Send, status, &body)?;
         match code_of(&value) {

@@ -3,6 +3,7 @@
 
 mod client;
 mod error;
+mod multipart;
 pub mod types;
 pub mod webhook;
 
