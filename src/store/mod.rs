@@ -34,10 +34,11 @@
 //! prefix is harmless: sled recovers a prefix of its log, so a crash can only leave index keys
 //! that point at nothing or at a record that moved on, and the readers check and drop those.
 
+mod codec;
 mod counted;
 mod due_groups;
-mod entry_codec;
 
+use codec::Compact;
 pub use counted::OpKind;
 use counted::{OpCounts, Tree};
 
@@ -55,9 +56,9 @@ use tokio::sync::{mpsc, oneshot};
 /// 2: handed-off entries (no queue key; see `engine::handoff`) and reply occasion keys that
 /// start with the reply id. A version-1 store opens and becomes version 2 (it has neither);
 /// a version-2 store refuses a version-1 recuerda, which would never queue its hand-offs.
-/// 3: outbox entries written in a compact binary form (`entry_codec`); the JSON ones of
-/// older stores are still read, and rewritten compact when they change. An older recuerda
-/// refuses a version-3 store, whose entries it could not read.
+/// 3: outbox entries, replies and conversations written in a compact binary form (`codec`);
+/// the JSON ones of older stores are still read, and rewritten compact when they change. An
+/// older recuerda refuses a version-3 store, whose records it could not read.
 pub const FORMAT_VERSION: u32 = 3;
 /// Older formats this recuerda opens, and upgrades on opening.
 const UPGRADES_FROM: &[u32] = &[1, 2];
@@ -225,7 +226,7 @@ impl Sightings {
         let mut found: Vec<Reply> = Vec::new();
         for item in replies.range(from.as_bytes()..) {
             let (k, v) = item?;
-            found.push(decode("replies", &k, &v)?);
+            found.push(decode_compact("replies", &k, &v)?);
         }
         found.sort_by_key(|r| r.received_at);
         for r in &found {
@@ -445,10 +446,14 @@ fn to_vec<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-/// An outbox entry's record (see `entry_codec`).
 fn decode_entry(key: &[u8], bytes: &[u8]) -> Result<OutboxEntry> {
-    entry_codec::decode(key, bytes).map_err(|message| StoreError::Corrupt {
-        tree: "outbox",
+    decode_compact("outbox", key, bytes)
+}
+
+/// A record with a compact stored form (see `codec`).
+fn decode_compact<T: Compact>(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<T> {
+    T::decode(key, bytes).map_err(|message| StoreError::Corrupt {
+        tree,
         key: String::from_utf8_lossy(key).into_owned(),
         message,
     })
@@ -766,7 +771,7 @@ impl Store {
         if let Some(mobile) = &entry.mobile {
             i.outbox.insert(mobile_key(mobile, &entry.key), &[])?;
         }
-        let raw = sled::IVec::from(entry_codec::encode(entry));
+        let raw = sled::IVec::from(entry.encode());
         i.outbox.insert(ekey, raw.clone())?;
         if entry.status == MessageStatus::Queued {
             i.queued.fetch_add(1, Ordering::Relaxed);
@@ -826,7 +831,7 @@ impl Store {
                 settle_handed_off(&old, &mut new);
                 index_keys_added(key, &old, &new).is_empty()
             } {
-                let raw = sled::IVec::from(entry_codec::encode(&new));
+                let raw = sled::IVec::from(new.encode());
                 match i
                     .outbox
                     .compare_and_swap(&ekey, Some(&k.raw), Some(raw.clone()))?
@@ -863,7 +868,7 @@ impl Store {
         for k in index_keys_added(key, &old, &new) {
             i.outbox.insert(k, &[])?;
         }
-        let raw = sled::IVec::from(entry_codec::encode(&new));
+        let raw = sled::IVec::from(new.encode());
         i.outbox.insert(ekey, raw.clone())?;
         self.after_entry_write(key, &old, &new)?;
         Ok(Some(KnownEntry { entry: new, raw }))
@@ -1160,7 +1165,11 @@ impl Store {
 
     pub fn get_conversation(&self, custom_field: &str) -> Result<Option<Conversation>> {
         match self.inner.conversations.get(custom_field)? {
-            Some(v) => Ok(Some(decode("conversations", custom_field.as_bytes(), &v)?)),
+            Some(v) => Ok(Some(decode_compact(
+                "conversations",
+                custom_field.as_bytes(),
+                &v,
+            )?)),
             None => Ok(None),
         }
     }
@@ -1170,7 +1179,7 @@ impl Store {
     pub fn read_conversation(&self, custom_field: &str) -> Result<KnownConversation> {
         let raw = self.inner.conversations.get(custom_field)?;
         let conversation = match &raw {
-            Some(v) => Some(decode("conversations", custom_field.as_bytes(), v)?),
+            Some(v) => Some(decode_compact("conversations", custom_field.as_bytes(), v)?),
             None => None,
         };
         Ok(KnownConversation {
@@ -1213,7 +1222,7 @@ impl Store {
                 let swapped = i.conversations.compare_and_swap(
                     custom_field.as_bytes(),
                     k.raw.as_ref(),
-                    Some(to_vec(&conv)),
+                    Some(conv.encode()),
                 )?;
                 match swapped {
                     Ok(()) => return Ok(conv),
@@ -1223,12 +1232,12 @@ impl Store {
             None => i.conversations.get(custom_field)?,
         };
         let mut conv = match stored {
-            Some(bytes) => decode("conversations", custom_field.as_bytes(), &bytes)?,
+            Some(bytes) => decode_compact("conversations", custom_field.as_bytes(), &bytes)?,
             None => Conversation::new(custom_field, now),
         };
         change(&mut conv);
         i.conversations
-            .insert(custom_field.as_bytes(), to_vec(&conv))?;
+            .insert(custom_field.as_bytes(), conv.encode())?;
         Ok(conv)
     }
 
@@ -1403,13 +1412,13 @@ impl Store {
     pub fn put_reply(&self, reply: &Reply) -> Result<()> {
         self.inner
             .replies
-            .insert(reply.id.as_bytes(), to_vec(reply))?;
+            .insert(reply.id.as_bytes(), reply.encode())?;
         Ok(())
     }
 
     pub fn get_reply(&self, id: &str) -> Result<Option<Reply>> {
         match self.inner.replies.get(id)? {
-            Some(v) => Ok(Some(decode("replies", id.as_bytes(), &v)?)),
+            Some(v) => Ok(Some(decode_compact("replies", id.as_bytes(), &v)?)),
             None => Ok(None),
         }
     }
@@ -1417,7 +1426,7 @@ impl Store {
     pub fn replies(&self) -> impl Iterator<Item = Result<Reply>> + '_ {
         self.inner.replies.iter().map(|item| {
             let (k, v) = item?;
-            decode("replies", &k, &v)
+            decode_compact("replies", &k, &v)
         })
     }
 
