@@ -11,8 +11,10 @@
 //! text: it is free-form.
 //!
 //! Records written before (store format 2 and older) are JSON and still read: a JSON text
-//! never starts with [`TAG`]. Each layout is positional, so it only ever grows at the end, and
-//! status codes are fixed numbers, not an enum's order.
+//! never starts with [`TAG`]. Layouts are positional and postcard cannot default a missing
+//! field, so a layout never changes in place: a new field means a new tag byte (and a store
+//! format), with the records under this one still read. Status codes are fixed numbers, not
+//! an enum's order.
 
 use crate::conversation::{Conversation, HistoryEntry, Reply};
 use crate::message::{MessageStatus, OutboxEntry, OutboxKind, StatusChange};
