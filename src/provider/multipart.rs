@@ -29,7 +29,8 @@ pub(super) fn form(fields: &[(&str, &str)]) -> Multipart {
     };
     let size: usize = fields
         .iter()
-        .map(|(n, v)| boundary.len() + n.len() + v.len() + 48)
+        // `--`, the disposition line with its quotes, the blank line and the part's end.
+        .map(|(n, v)| boundary.len() + n.len() + v.len() + 49)
         .sum::<usize>()
         + boundary.len()
         + 6;
@@ -51,6 +52,7 @@ pub(super) fn form(fields: &[(&str, &str)]) -> Multipart {
     for piece in ["--", &boundary, "--\r\n"] {
         body.extend_from_slice(piece.as_bytes());
     }
+    debug_assert_eq!(body.len(), size, "the size above is exact");
     Multipart {
         content_type: format!("multipart/form-data; boundary={boundary}"),
         body,

@@ -42,7 +42,12 @@ fn tagged<T: Serialize>(stored: &T) -> Vec<u8> {
 /// The compact form in `bytes`, or `Err(json)`: the record is an older store's JSON.
 fn untagged<T: DeserializeOwned>(bytes: &[u8]) -> Result<Result<T, String>, &[u8]> {
     match bytes.strip_prefix(&[TAG]) {
-        Some(body) => Ok(postcard::from_bytes(body).map_err(|e| e.to_string())),
+        // Bytes left over are damage, not slack: a record is exactly one layout.
+        Some(body) => Ok(match postcard::take_from_bytes(body) {
+            Ok((value, [])) => Ok(value),
+            Ok((_, rest)) => Err(format!("{} bytes past its end", rest.len())),
+            Err(e) => Err(e.to_string()),
+        }),
         None => Err(bytes),
     }
 }
@@ -58,7 +63,7 @@ fn key_text(key: &[u8]) -> Result<String, String> {
 }
 
 /// First byte of a compact record (0xB2 cannot start JSON text, nor UTF-8).
-const TAG: u8 = 0xB2;
+pub(super) const TAG: u8 = 0xB2;
 
 /// A moment, exactly: seconds and nanoseconds.
 #[derive(Serialize, Deserialize)]
@@ -422,6 +427,10 @@ mod tests {
     #[test]
     fn a_damaged_record_is_an_error_not_a_panic() {
         let bytes = full_entry().encode();
+        let mut longer = bytes.clone();
+        longer.push(0);
+        let err = OutboxEntry::decode(b"k", &longer).unwrap_err();
+        assert!(err.contains("1 bytes past its end"), "{err}");
         for cut in [1, bytes.len() / 2, bytes.len() - 1] {
             assert!(
                 OutboxEntry::decode(b"k", &bytes[..cut]).is_err(),

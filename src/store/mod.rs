@@ -2221,7 +2221,7 @@ mod tests {
             assert_eq!(due, ["old"], "from {format}");
             set_status(&store, "old", MessageStatus::Sending);
             let raw = store.inner.outbox.get(b"eold").unwrap().unwrap();
-            assert_ne!(raw.first(), Some(&b'{'), "rewritten compact");
+            assert_eq!(raw.first(), Some(&codec::TAG), "rewritten compact");
             assert_eq!(
                 store.get_entry("old").unwrap().map(|e| e.status),
                 Some(MessageStatus::Sending)
