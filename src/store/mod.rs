@@ -314,6 +314,10 @@ impl Inner {
         self.due_groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn held(&self) -> MutexGuard<'_, std::collections::HashSet<String>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn last_deeds_lock(
         &self,
     ) -> MutexGuard<'_, std::collections::HashMap<String, (String, Fired)>> {
@@ -1290,12 +1294,7 @@ impl Store {
     /// Held ones (see [`Store::hold_inbox`]) are passed over.
     pub fn inbox(&self, limit: usize) -> Result<Vec<InboxItem>> {
         let mut out = Vec::new();
-        let held = self
-            .inner
-            .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let held = self.inner.held().clone();
         for item in self.inner.inbox.iter() {
             if out.len() >= limit {
                 break;
@@ -1330,17 +1329,13 @@ impl Store {
     pub fn inbox_depth(&self) -> usize {
         // Read under the held set's lock, which a release holds across its removal: the two
         // figures always describe the same moment.
-        let held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        let held = self.inner.held();
         (self.inner.inbox_len.load(Ordering::Relaxed).max(0) as usize).saturating_sub(held.len())
     }
 
     /// Inbox items held for hand-offs not yet done with (see [`Store::hold_inbox`]).
     pub fn held_inbox(&self) -> usize {
-        self.inner
-            .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.inner.held().len()
     }
 
     /// Keeps inbox item `id`, already reacted to, as the recovery path of the entries its
@@ -1348,7 +1343,7 @@ impl Store {
     /// until [`Store::release_inbox`]. Held in memory only: at the next start it is an
     /// ordinary item again, whose hand-offs [`Store::open`] has put in the stored queue.
     pub fn hold_inbox(&self, id: &str) {
-        let mut held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.inner.held();
         held.insert(id.to_string());
     }
 
@@ -1356,7 +1351,7 @@ impl Store {
     pub fn release_inbox(&self, id: &str, remove: bool) -> Result<()> {
         // Removed before it is visible again, so the processor never replays it for nothing;
         // under the held set's lock, so `inbox_depth` never sees it gone but still held.
-        let mut held = self.inner.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.inner.held();
         let removed = if remove {
             self.remove_inbox(id)
         } else {
@@ -1641,6 +1636,18 @@ async fn flusher(
         for w in waiters {
             let _ = w.send(result.clone());
         }
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// The keys of [`Store::due_outbox`] at `now` (at most 10), for the tests' assertions.
+    pub(crate) fn due_outbox_keys(&self, now: DateTime<Utc>) -> Vec<String> {
+        self.due_outbox(now, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect()
     }
 }
 
@@ -2212,13 +2219,7 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             assert_eq!(version(&store), FORMAT_VERSION.to_string(), "from {format}");
             assert_eq!(store.get_entry("old").unwrap().as_ref(), Some(&old));
-            let due: Vec<String> = store
-                .due_outbox(now, 10)
-                .unwrap()
-                .into_iter()
-                .map(|e| e.key)
-                .collect();
-            assert_eq!(due, ["old"], "from {format}");
+            assert_eq!(store.due_outbox_keys(now), ["old"], "from {format}");
             set_status(&store, "old", MessageStatus::Sending);
             let raw = store.inner.outbox.get(b"eold").unwrap().unwrap();
             assert_eq!(raw.first(), Some(&codec::TAG), "rewritten compact");
@@ -2331,13 +2332,7 @@ mod tests {
             // The "crash": the hold is never released.
         }
         let store = Store::open(dir.path()).unwrap();
-        let due: Vec<String> = store
-            .due_outbox(now, 10)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
-        assert_eq!(due, vec![queued.key.clone()]);
+        assert_eq!(store.due_outbox_keys(now), vec![queued.key.clone()]);
         let in_flight: Vec<String> = store.in_flight_entries().map(|e| e.unwrap().key).collect();
         assert_eq!(in_flight, vec![sending.key.clone()]);
         assert!(!store.get_entry(&queued.key).unwrap().unwrap().handed_off);
