@@ -80,11 +80,30 @@ pub struct Reply {
     /// The rule that handled it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
-    /// `handled`, `unhandled`, `opted_out`, `opted_in`, `duplicate`.
+    /// `handled`, `unhandled`, `opted_out`, `opted_in`, `duplicate`; `received` while its
+    /// reaction is under way (or was cut short by a crash, and is replayed).
     pub outcome: String,
 }
 
 impl Reply {
+    /// The outcome of a reply whose reaction has not been written yet.
+    pub const RECEIVED: &'static str = "received";
+
+    /// Whether its reaction was written in full (its record is written last with the outcome).
+    pub fn is_done(&self) -> bool {
+        self.outcome != Self::RECEIVED
+    }
+
+    /// The webhook body this reply came in (as far as the engine reads it): a reply cut short
+    /// by a crash is replayed from it.
+    pub fn webhook_body(&self) -> Vec<u8> {
+        let mut body = serde_json::json!({"mobile": self.mobile, "message": self.message});
+        if let Some(cf) = &self.custom_field {
+            body["custom_field"] = cf.as_str().into();
+        }
+        body.to_string().into_bytes()
+    }
+
     /// What makes two replies the same for dedupe: mobile, trimmed text, conversation.
     pub fn fingerprint(&self) -> String {
         use std::hash::{Hash, Hasher};

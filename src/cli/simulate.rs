@@ -408,7 +408,7 @@ async fn settle(engine: &Engine, now: DateTime<Utc>) -> anyhow::Result<()> {
             let busy = !engine.store.due_outbox(now, 1)?.is_empty()
                 || engine.store.inbox_depth() > 0
                 // Sends a reply handed off are in no stored queue until done with.
-                || engine.store.held_inbox() > 0
+                || engine.store.unfinished_replies() > 0
                 || engine
                     .store
                     .outbox_entries()

@@ -1,44 +1,53 @@
-//! Entries a reaction hands straight to the dispatcher, and the inbox item that stands for
-//! them in the store while they are pending.
+//! Entries a reaction hands straight to the dispatcher, and the reply that stands for them in
+//! the store while they are pending.
 //!
 //! A fresh reply's due sends are queued without a key in the stored queue (`handed_off`):
 //! that key's write and removal were a sixth of a reply's store work. Their recovery path is
-//! instead the webhook's inbox item, written before the reaction anyway: it stays, held out
-//! of the processor's sight, until every entry handed off is done with, and a store opened
-//! with it still there puts those entries in the stored queue (`Store::open`).
+//! instead the reply itself: it stays unfinished (`Store::begin_reply`), holding the store's
+//! reply mark at or below it, until every entry handed off is done with, and a store opened
+//! with it at or above the mark puts those entries in the stored queue (`Store::open`).
 
 use crate::store::{KnownEntry, Store};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-/// An entry for the dispatcher, with the hold on its webhook's inbox item if it has one.
+/// An entry for the dispatcher, with the hold on its reply if it has one.
 #[derive(Debug)]
 pub(crate) struct HandOff {
     pub known: KnownEntry,
     pub hold: Option<std::sync::Arc<Hold>>,
 }
 
-/// A webhook's inbox item held while the entries its reaction handed off may be pending.
-/// When the last hand-off is done with (sent, dropped, or the dispatcher gone), each entry
-/// still pending goes into the stored queue, then the item leaves the inbox.
+/// A reply reacted to in its request, unfinished while the entries its reaction handed off
+/// may be pending. When the last hand-off is done with (sent, dropped, or the dispatcher
+/// gone), each entry still pending goes into the stored queue, then the reply is finished.
 pub(crate) struct Hold {
     store: Store,
-    inbox_id: String,
+    reply_id: uuid::Uuid,
     keys: Mutex<Vec<String>>,
-    /// The reaction failed: the item stays for the processor to replay.
+    /// Its reaction failed and its body could not be queued for a retry: left unfinished,
+    /// it is replayed by the next start.
     keep: AtomicBool,
 }
 
 impl Hold {
-    /// Holds inbox item `inbox_id` (see `Store::hold_inbox`).
-    pub fn new(store: &Store, inbox_id: &str) -> Hold {
-        store.hold_inbox(inbox_id);
+    /// Begins a reply (`Store::begin_reply`: its id is minted here) held until dropped.
+    pub fn begin(store: &Store) -> Hold {
         Hold {
+            reply_id: store.begin_reply(),
             store: store.clone(),
-            inbox_id: inbox_id.to_string(),
             keys: Mutex::default(),
             keep: AtomicBool::new(false),
         }
+    }
+
+    /// Leaves the reply unfinished when released (see `keep`).
+    pub fn keep_unfinished(&self) {
+        self.keep.store(true, Ordering::Relaxed);
+    }
+
+    pub fn reply_id(&self) -> uuid::Uuid {
+        self.reply_id
     }
 
     /// Notes entry `key` as handed off under this hold.
@@ -57,24 +66,12 @@ impl Hold {
             keys.swap_remove(at);
         }
     }
-
-    /// The reaction did not finish: the item is replayed, not removed, and is visible to the
-    /// processor (and counts as waiting, so later events queue behind it) at once, not when
-    /// the sends handed off before the failure are done. A replay that finds one of those
-    /// still pending puts it in the stored queue; the dispatcher's `sending` mark (queued and
-    /// due only, under the entry's lock) keeps a copy found both ways from leaving twice.
-    pub fn keep_item(&self) {
-        self.keep.store(true, Ordering::Relaxed);
-        if let Err(e) = self.store.release_inbox(&self.inbox_id, false) {
-            tracing::error!(error = %e, inbox = %self.inbox_id, "could not hand a webhook event back to the processor");
-        }
-    }
 }
 
 impl std::fmt::Debug for Hold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hold")
-            .field("inbox_id", &self.inbox_id)
+            .field("reply_id", &self.reply_id)
             .finish_non_exhaustive()
     }
 }
@@ -82,16 +79,16 @@ impl std::fmt::Debug for Hold {
 impl Drop for Hold {
     fn drop(&mut self) {
         let keys = std::mem::take(self.keys.get_mut().unwrap_or_else(|e| e.into_inner()));
-        let settled = keys
+        match keys
             .iter()
-            .try_for_each(|k| self.store.settle_hand_off(k).map(drop));
-        // Unsettled, the item must stay: its replay settles the entries.
-        let remove = settled.is_ok() && !self.keep.load(Ordering::Relaxed);
-        if let Err(e) = settled {
-            tracing::error!(error = %e, inbox = %self.inbox_id, "could not queue a handed-off entry; its webhook event is replayed to do it");
-        }
-        if let Err(e) = self.store.release_inbox(&self.inbox_id, remove) {
-            tracing::error!(error = %e, inbox = %self.inbox_id, "could not take a webhook event out of the inbox; it is replayed (harmlessly)");
+            .try_for_each(|k| self.store.settle_hand_off(k).map(drop))
+        {
+            Ok(()) if !self.keep.load(Ordering::Relaxed) => self.store.finish_reply(self.reply_id),
+            Ok(()) => {}
+            // Left unfinished, the reply keeps the mark below it: the next start settles them.
+            Err(e) => {
+                tracing::error!(error = %e, reply = %self.reply_id, "could not queue a handed-off entry; the next start queues it")
+            }
         }
     }
 }
@@ -111,20 +108,19 @@ mod tests {
     }
 
     /// Released, a hold puts its entries still pending in the stored queue (one the
-    /// dispatcher never took: the shortcut was full, or it stopped) and takes its item out of
-    /// the inbox; a failed reaction's item stays, for the processor to replay.
+    /// dispatcher never took: the shortcut was full, or it stopped) and finishes its reply.
     #[tokio::test]
-    async fn a_released_hold_queues_what_is_left_and_frees_its_item() {
+    async fn a_released_hold_queues_what_is_left_and_finishes_its_reply() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
 
-        let id = uuid::Uuid::now_v7();
-        store.push_inbox_as(id, now, b"{}").unwrap();
-        let hold = Hold::new(&store, &id.to_string());
+        let hold = Hold::begin(&store);
+        let id = hold.reply_id().to_string();
+        assert_eq!(store.unfinished_replies(), 1);
         let (left, sent) = (
-            handed_off(&store, &id.to_string(), "a", now),
-            handed_off(&store, &id.to_string(), "b", now),
+            handed_off(&store, &id, "a", now),
+            handed_off(&store, &id, "b", now),
         );
         hold.cover(&left);
         hold.cover(&sent);
@@ -134,24 +130,14 @@ mod tests {
                 true
             })
             .unwrap();
-        assert!(store.inbox(10).unwrap().is_empty(), "held");
+        assert!(store.due_outbox_keys(now).is_empty(), "handed off");
         drop(hold);
         assert_eq!(store.due_outbox_keys(now), vec![left]);
         assert_eq!(
             store.get_entry(&sent).unwrap().unwrap().status,
             MessageStatus::Sent
         );
-        assert!(store.inbox(10).unwrap().is_empty(), "removed");
-
-        let failed = uuid::Uuid::now_v7();
-        store.push_inbox_as(failed, now, b"{}").unwrap();
-        let hold = Hold::new(&store, &failed.to_string());
-        assert_eq!(store.inbox_depth(), 0);
-        hold.keep_item();
-        // Waiting again at once (later events queue behind it), not when the hold goes.
-        assert_eq!(store.inbox_depth(), 1);
-        assert_eq!(store.inbox(10).unwrap()[0].0, failed.to_string());
-        drop(hold);
-        assert_eq!(store.inbox_depth(), 1, "kept for the processor");
+        assert_eq!(store.unfinished_replies(), 0);
+        assert_eq!(store.inbox_depth(), 0, "a fresh reply has no inbox item");
     }
 }

@@ -72,11 +72,12 @@ impl Engine {
     /// the answer waits for; behind older events (or when the reaction fails) the body goes to
     /// the inbox for the processor.
     ///
-    /// A reply's body is written to the inbox first even when reacted to here, and taken out
-    /// after: its reaction is keyed by the id minted here, and sled recovers a prefix of its
-    /// writes, so any part of the reaction that survives a crash comes with the body, which is
-    /// then replayed (effects are idempotent) rather than left half-done for the provider's
-    /// retry (a new id) to run a second time. A delivery event needs no such write: its
+    /// A reply reacted to here writes its record first, as `received`: its reaction is keyed
+    /// by the id minted here, and sled recovers a prefix of its writes, so any part of the
+    /// reaction that survives a crash comes with that record, which the next start replays
+    /// (effects are idempotent) rather than leave half-done for the provider's retry (a new
+    /// id) to run a second time. The store's reply mark bounds the records that start looks
+    /// at (`store::reply_mark`). A delivery event needs no such write: its
     /// reaction is keyed by what it says (message, status, provider date), so the provider's
     /// retry of it finds whatever part survived and adds nothing twice.
     ///
@@ -89,29 +90,30 @@ impl Engine {
         body: &[u8],
         now: DateTime<Utc>,
     ) -> Result<(), EngineError> {
-        let id = uuid::Uuid::now_v7();
         let _turn = self.reacting.lock().await;
         let behind = self.store.inbox_depth() > 0;
-        let keyed_by_content = matches!(event, WebhookEvent::Status(_));
-        let body_first = behind || !keyed_by_content;
-        if body_first {
-            self.store.push_inbox_as(id, now, body)?;
-        }
+        // A fresh reply's id is minted by its hold (under the store's reply marks): its record,
+        // written first, stands for the body until the hold is released.
+        let hold = (!behind && matches!(event, WebhookEvent::Reply(_)))
+            .then(|| Arc::new(Hold::begin(&self.store)));
+        let id = hold
+            .as_ref()
+            .map_or_else(uuid::Uuid::now_v7, |h| h.reply_id());
         if !behind {
-            let id_text = id.to_string();
-            // The body leaves the inbox when this hold is released: here, or once the sends
-            // the reaction hands off are done with.
-            let hold = body_first.then(|| Arc::new(Hold::new(&self.store, &id_text)));
-            match self.react_to(&id_text, event, body, now, Fresh::Yes, hold.as_ref()) {
+            match self.react_to(&id.to_string(), event, body, now, Fresh::Yes, hold.as_ref()) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
-                    tracing::warn!(error = %e, "reacting to a webhook event failed; it stays in the inbox to retry");
-                    match &hold {
-                        Some(hold) => hold.keep_item(),
-                        None => self.store.push_inbox_as(id, now, body)?,
-                    }
+                    // Replayed under the same id: a reply's record, if written, is `received`,
+                    // and a replay finds the sends handed off before the failure.
+                    tracing::warn!(error = %e, "reacting to a webhook event failed; it goes to the inbox to retry");
                 }
             }
+        }
+        if let Err(e) = self.store.push_inbox_as(id, now, body) {
+            if let Some(hold) = &hold {
+                hold.keep_unfinished();
+            }
+            return Err(e.into());
         }
         self.inbox_wake.notify_one();
         Ok(())
@@ -205,19 +207,24 @@ impl Engine {
             custom_field: event.custom_field.clone().filter(|c| !c.is_empty()),
             received_at,
             rule: None,
-            outcome: "received".into(),
+            outcome: Reply::RECEIVED.into(),
         };
         // The reply's record is the last write of its reaction, whatever the outcome, and sled
         // recovers a prefix of its writes: a replayed event (a crash between its effects and
-        // leaving the inbox) whose record is there was reacted to in full. One without it runs
-        // again; its effects are idempotent.
+        // leaving the inbox) whose record is there with its outcome was reacted to in full.
+        // One without it, or still `received`, runs again; its effects are idempotent.
         // A replay may also find sends that the first run handed off, not yet in the stored
         // queue (a reaction that failed after handing them off): the queue takes them.
         if fresh == Fresh::Replay {
             self.store.settle_hand_offs_of(id)?;
-            if self.store.get_reply(id)?.is_some() {
+            if self.store.get_reply(id)?.is_some_and(|r| r.is_done()) {
                 return Ok(());
             }
+        } else {
+            // First, so that any part of the reaction a crash leaves comes with it (sled
+            // recovers a prefix of its writes): the store's reply mark stays at or below it
+            // until it is done with, and the next start replays it (see `Store::open`).
+            self.store.put_reply(&reply)?;
         }
         let fingerprint = reply.fingerprint();
         let window =

@@ -2,14 +2,15 @@
 //!
 //! Trees and keys (big-endian timestamps first where order matters, so range scans run in
 //! time order):
-//! - `meta`: `format_version`, `cron/<rule>` → last slot handled (RFC 3339)
+//! - `meta`: `format_version`, `cron/<rule>` → last slot handled (RFC 3339), `reply_mark` →
+//!   the id (16 bytes, big-endian) below which every reply is done with (`reply_mark`)
 //! - `appointments`: id → [`Appointment`]; `appt_start`: start_ms ++ id → ();
 //!   `appt_pending`: id → change (`created`, …) whose reactions are not yet all written
 //! - `outbox`: `e` ++ key → [`OutboxEntry`]; `q` ++ not_before_ms ++ key → () for pending
 //!   entries (queued, or `sending`: in flight, so start-up finds them without reading the
-//!   whole outbox) but those `handed_off`, which their webhook's inbox item stands for
-//!   instead: held until they are done with, and at open their entries (keyed under
-//!   [`reply_occasion`], so one prefix scan) are put in the queue;
+//!   whole outbox) but those `handed_off`, which their reply stands for instead: at open the
+//!   entries of every reply from the reply mark on, and of every inbox item (keyed under
+//!   [`reply_occasion`], so one prefix scan each), are put in the queue;
 //!   `m` ++ mobile ++ 0 ++ key → () (messages by patient)
 //! - `msgid`: provider messageId → outbox key
 //! - `conversations`: custom_field → [`Conversation`]
@@ -17,8 +18,10 @@
 //! - `optout`: mobile → [`OptOut`]
 //! - `inbox`: uuid v7 → webhook event not yet processed
 //! - `orphans`: messageId ++ 0 ++ uuid → delivery event for a message not yet known
-//! - `replies`: uuid v7 → [`Reply`] (also the durable trace of the dedupe sightings, which
-//!   live in memory; stores written before kept them in a `reply_seen` tree, now unused)
+//! - `replies`: uuid v7 (text) → [`Reply`] (also the durable trace of the dedupe sightings,
+//!   which live in memory; stores written before kept them in a `reply_seen` tree, now
+//!   unused). A reply reacted to in its request is written first as `received`, standing
+//!   for its webhook body, and again with its outcome last.
 //! - `dead`: uuid v7 → [`DeadLetter`]
 //! - `due`: due_ms ++ key → [`DueEntry`]; `due_keys`: key → due_ms (and in memory, how many
 //!   keys each `kind|subject|` group holds: most prefix look-ups need no scan)
@@ -37,10 +40,12 @@
 mod codec;
 mod counted;
 mod due_groups;
+mod reply_mark;
 
 use codec::Compact;
 pub use counted::OpKind;
 use counted::{OpCounts, Tree};
+use reply_mark::{reply_key, ReplyMarks};
 
 use crate::appointment::Appointment;
 use crate::conversation::{Conversation, DeadLetter, OptOut, Reply};
@@ -59,9 +64,16 @@ use tokio::sync::{mpsc, oneshot};
 /// 3: outbox entries, replies and conversations written in a compact binary form (`codec`);
 /// the JSON ones of older stores are still read, and rewritten compact when they change. An
 /// older recuerda refuses a version-3 store, whose records it could not read.
-pub const FORMAT_VERSION: u32 = 3;
+/// 4: a reply reacted to in its request writes no inbox item; its record, written first as
+/// `received`, stands for it, and the `reply_mark` bounds the replies to look at after a
+/// crash (`reply_mark`). An older recuerda would take a `received` record for a finished
+/// reaction, and refuses a version-4 store.
+pub const FORMAT_VERSION: u32 = 4;
 /// Older formats this recuerda opens, and upgrades on opening.
-const UPGRADES_FROM: &[u32] = &[1, 2];
+const UPGRADES_FROM: &[u32] = &[1, 2, 3];
+
+/// `meta` key of the reply mark (see `reply_mark`).
+const REPLY_MARK: &str = "reply_mark";
 
 /// How long opening waits for a store's lock to be released before reporting it in use.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -293,8 +305,8 @@ struct Inner {
     orphans_len: std::sync::atomic::AtomicI64,
     /// The groups of plan keys that exist (see `due_groups`).
     due_groups: Mutex<due_groups::DueGroups>,
-    /// Inbox items held after their reaction (see [`Store::hold_inbox`]).
-    held: Mutex<std::collections::HashSet<String>>,
+    /// Fresh replies not yet done with, and the reply mark (see `reply_mark`).
+    marks: Mutex<ReplyMarks>,
     /// Serializes read-modify-writes of one record (hashed by key); see the module doc.
     stripes: Box<[Mutex<()>]>,
     /// What each rule did last, not yet written: a fan-out of 100,000 occasions writes each
@@ -314,8 +326,20 @@ impl Inner {
         self.due_groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn held(&self) -> MutexGuard<'_, std::collections::HashSet<String>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    fn marks(&self) -> MutexGuard<'_, ReplyMarks> {
+        self.marks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the reply mark if it moved (before a flush: see `reply_mark`).
+    fn write_reply_mark(&self) -> std::result::Result<(), String> {
+        let mut marks = self.marks();
+        if let Some(mark) = marks.to_write() {
+            self.meta
+                .insert(REPLY_MARK, &mark.to_be_bytes())
+                .map_err(|e| e.to_string())?;
+            marks.written(mark);
+        }
+        Ok(())
     }
 
     fn last_deeds_lock(
@@ -511,12 +535,17 @@ impl Store {
         let meta = tree("meta")?;
         match meta.get("format_version")? {
             None => {
+                meta.insert(REPLY_MARK, &0u128.to_be_bytes())?;
                 meta.insert("format_version", FORMAT_VERSION.to_string().as_bytes())?;
                 db.flush()?;
             }
             Some(v) => {
                 let found = String::from_utf8_lossy(&v).into_owned();
                 if UPGRADES_FROM.iter().any(|old| found == old.to_string()) {
+                    // Older formats wrote a reply's record once, finished; their replies
+                    // reacted to in part are in the inbox. None to look at before now.
+                    let now = uuid::Uuid::now_v7().as_u128();
+                    meta.insert(REPLY_MARK, &now.to_be_bytes())?;
                     meta.insert("format_version", FORMAT_VERSION.to_string().as_bytes())?;
                     db.flush()?;
                 } else if found != FORMAT_VERSION.to_string() {
@@ -551,7 +580,7 @@ impl Store {
             queued: std::sync::atomic::AtomicI64::new(0),
             inbox_len: std::sync::atomic::AtomicI64::new(0),
             orphans_len: std::sync::atomic::AtomicI64::new(0),
-            held: Mutex::default(),
+            marks: Mutex::default(),
             due_groups: Mutex::default(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             last_deeds: Mutex::default(),
@@ -561,15 +590,16 @@ impl Store {
             flush_waiters: Default::default(),
         });
         let store = Store { inner };
-        // Entries handed off by reactions whose webhook items are still here lost their
-        // dispatcher with the last run: the stored queue takes them, before it is counted
-        // and before the engine looks for sends cut short.
+        // Entries handed off by reactions not done with lost their dispatcher with the last
+        // run: the stored queue takes them, before it is counted and before the engine looks
+        // for sends cut short.
         for item in store.inner.inbox.iter() {
             let (k, _) = item?;
             if let Ok(id) = uuid::Uuid::from_slice(&k) {
                 store.settle_hand_offs_of(&id.to_string())?;
             }
         }
+        store.recover_unfinished_replies()?;
         {
             let mut groups = store.inner.due_groups();
             for item in store.inner.due_keys.iter() {
@@ -1291,10 +1321,8 @@ impl Store {
     }
 
     /// Up to `limit` unprocessed webhook bodies, oldest first: `(id, received_at, body)`.
-    /// Held ones (see [`Store::hold_inbox`]) are passed over.
     pub fn inbox(&self, limit: usize) -> Result<Vec<InboxItem>> {
         let mut out = Vec::new();
-        let held = self.inner.held().clone();
         for item in self.inner.inbox.iter() {
             if out.len() >= limit {
                 break;
@@ -1303,9 +1331,6 @@ impl Store {
             let id = uuid::Uuid::from_slice(&k)
                 .map(|u| u.to_string())
                 .unwrap_or_default();
-            if held.contains(&id) {
-                continue;
-            }
             let received_at = ms_from_key(&v).ok_or_else(|| StoreError::Corrupt {
                 tree: "inbox",
                 key: id.clone(),
@@ -1325,40 +1350,60 @@ impl Store {
         Ok(())
     }
 
-    /// Webhook bodies waiting to be processed (held ones are not waiting).
+    /// Webhook bodies waiting to be processed.
     pub fn inbox_depth(&self) -> usize {
-        // Read under the held set's lock, which a release holds across its removal: the two
-        // figures always describe the same moment.
-        let held = self.inner.held();
-        (self.inner.inbox_len.load(Ordering::Relaxed).max(0) as usize).saturating_sub(held.len())
+        self.inner.inbox_len.load(Ordering::Relaxed).max(0) as usize
     }
 
-    /// Inbox items held for hand-offs not yet done with (see [`Store::hold_inbox`]).
-    pub fn held_inbox(&self) -> usize {
-        self.inner.held().len()
+    /// Mints the id of a reply reacted to in its request, which is unfinished until
+    /// [`Store::finish_reply`] (see `reply_mark`): its record, written first, stands for its
+    /// webhook body until then.
+    pub fn begin_reply(&self) -> uuid::Uuid {
+        self.inner.marks().mint()
     }
 
-    /// Keeps inbox item `id`, already reacted to, as the recovery path of the entries its
-    /// reaction handed off: the processor passes it over and it does not count as waiting,
-    /// until [`Store::release_inbox`]. Held in memory only: at the next start it is an
-    /// ordinary item again, whose hand-offs [`Store::open`] has put in the stored queue.
-    pub fn hold_inbox(&self, id: &str) {
-        let mut held = self.inner.held();
-        held.insert(id.to_string());
+    /// Reply `id` (from [`Store::begin_reply`]) is done with: its reaction is written and its
+    /// hand-offs are settled. The next flush may move the reply mark past it.
+    pub fn finish_reply(&self, id: uuid::Uuid) {
+        self.inner.marks().finish(id.as_u128());
     }
 
-    /// Ends [`Store::hold_inbox`]: the item goes (`remove`), or is left for the processor.
-    pub fn release_inbox(&self, id: &str, remove: bool) -> Result<()> {
-        // Removed before it is visible again, so the processor never replays it for nothing;
-        // under the held set's lock, so `inbox_depth` never sees it gone but still held.
-        let mut held = self.inner.held();
-        let removed = if remove {
-            self.remove_inbox(id)
-        } else {
-            Ok(())
+    /// Replies begun and not yet finished (reactions under way, or sends handed off and not
+    /// yet done with).
+    pub fn unfinished_replies(&self) -> usize {
+        self.inner.marks().unfinished()
+    }
+
+    /// At open: the replies from the reply mark on may have work left from the last run.
+    /// Their hand-offs go to the stored queue, and one still `received` (its reaction cut
+    /// short) goes to the inbox, rebuilt from its record, to be replayed under its id.
+    fn recover_unfinished_replies(&self) -> Result<()> {
+        let i = &self.inner;
+        let mark = match i.meta.get(REPLY_MARK)? {
+            Some(v) => <[u8; 16]>::try_from(v.as_ref())
+                .map(u128::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt {
+                    tree: "meta",
+                    key: REPLY_MARK.into(),
+                    message: format!("{} bytes, not 16", v.len()),
+                })?,
+            None => 0,
         };
-        held.remove(id);
-        removed
+        let mut highest = 0;
+        for item in i.replies.range(reply_key(mark)..) {
+            let (k, v) = item?;
+            let reply: Reply = decode_compact("replies", &k, &v)?;
+            let Ok(id) = uuid::Uuid::parse_str(&reply.id) else {
+                continue;
+            };
+            highest = highest.max(id.as_u128());
+            self.settle_hand_offs_of(&reply.id)?;
+            if !reply.is_done() && !i.inbox.contains_key(id.as_bytes())? {
+                self.push_inbox_as(id, reply.received_at, &reply.webhook_body())?;
+            }
+        }
+        *i.marks() = ReplyMarks::recovered(mark, highest);
+        Ok(())
     }
 
     /// The occasion key a format-1 store gave reply `reply_id` matching `rule`
@@ -1617,7 +1662,10 @@ async fn flusher(
                 inner
                     .flush_waiters
                     .fetch_add(waiters.len() as u64, Ordering::Relaxed);
-                let result = match inner.write_last_deeds() {
+                let result = match inner
+                    .write_last_deeds()
+                    .and_then(|()| inner.write_reply_mark())
+                {
                     Ok(()) => inner
                         .db
                         .flush_async()
@@ -2186,7 +2234,7 @@ mod tests {
         );
     }
 
-    /// Format-1 and format-2 stores open and become the current format, their JSON outbox
+    /// Format-1, -2 and -3 stores open and become the current format, their JSON outbox
     /// entries still read (and written compact once changed); a store of a format this
     /// recuerda does not know is refused with the versions named.
     #[tokio::test]
@@ -2199,10 +2247,21 @@ mod tests {
         };
         let now = Utc::now();
         let old = OutboxEntry::queued("old".into(), OutboxKind::Send, "r", 0, now);
-        for format in ["1", "2"] {
+        let old_reply = Reply {
+            id: uuid::Uuid::now_v7().to_string(),
+            mobile: "573001112233".into(),
+            message: "1".into(),
+            custom_field: None,
+            received_at: now,
+            rule: None,
+            outcome: "unhandled".into(),
+        };
+        for format in ["1", "2", "3"] {
             {
                 let store = Store::open(dir.path()).unwrap();
                 store.inner.meta.insert("format_version", format).unwrap();
+                store.inner.meta.remove(REPLY_MARK).unwrap();
+                store.put_reply(&old_reply).unwrap();
                 // As an older recuerda wrote it: JSON, with its queue key.
                 store
                     .inner
@@ -2218,6 +2277,11 @@ mod tests {
             }
             let store = Store::open(dir.path()).unwrap();
             assert_eq!(version(&store), FORMAT_VERSION.to_string(), "from {format}");
+            let mark = store.inner.meta.get(REPLY_MARK).unwrap().unwrap();
+            assert!(
+                reply_key(u128::from_be_bytes(mark.as_ref().try_into().unwrap())) > old_reply.id,
+                "the replies an older format wrote were finished: none to look at"
+            );
             assert_eq!(store.get_entry("old").unwrap().as_ref(), Some(&old));
             assert_eq!(store.due_outbox_keys(now), ["old"], "from {format}");
             set_status(&store, "old", MessageStatus::Sending);
@@ -2291,60 +2355,100 @@ mod tests {
             .is_empty());
     }
 
-    /// Entries handed off without a queue key are found again through their webhook's inbox
-    /// item: a store opened with the item still there puts the pending ones in the stored
-    /// queue (a queued one to be sent, one left `sending` to be resolved as cut short), and
-    /// leaves alone those done with and the entries of other replies.
+    /// Entries handed off without a queue key are found again through their reply: a store
+    /// opened with replies at or above its reply mark puts their pending entries in the stored
+    /// queue (a queued one to be sent, one left `sending` to be resolved as cut short),
+    /// replays from the inbox a reply still `received` (its reaction cut short), and leaves
+    /// alone the replies below the mark, which were done with.
     #[tokio::test]
-    async fn hand_offs_whose_inbox_item_survives_a_crash_are_queued_at_open() {
+    async fn replies_left_unfinished_by_a_crash_are_settled_and_replayed_at_open() {
         use crate::message::OutboxKind;
         let dir = tempfile::tempdir().unwrap();
         let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
-        let (held, done) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
         let entry = |reply: uuid::Uuid, rule: &str| {
             let key = format!("{}#0", reply_occasion(&reply.to_string(), rule));
             let mut e = OutboxEntry::queued(key, OutboxKind::Send, rule, 0, now);
             e.handed_off = true;
             e
         };
-        let (queued, sending, sent) = (entry(held, "a"), entry(held, "b"), entry(held, "c"));
-        let other = entry(done, "a");
+        let reply = |id: uuid::Uuid, outcome: &str| Reply {
+            id: id.to_string(),
+            mobile: "573001112233".into(),
+            message: " 1 ".into(),
+            custom_field: Some("cf-1".into()),
+            received_at: now,
+            rule: None,
+            outcome: outcome.into(),
+        };
+        let (cut, handled);
+        let (queued, sending, sent, pending, below);
         {
             let store = Store::open(dir.path()).unwrap();
-            store.push_inbox_as(held, now, b"{}").unwrap();
-            store.hold_inbox(&held.to_string());
-            for e in [&queued, &sending, &sent, &other] {
+            // Done with before a flush: the mark passes it.
+            let done = store.begin_reply();
+            store.put_reply(&reply(done, "handled")).unwrap();
+            below = entry(done, "a");
+            store.enqueue_new(below.clone()).unwrap();
+            store.finish_reply(done);
+            store.durable().await.unwrap();
+
+            cut = store.begin_reply();
+            store.put_reply(&reply(cut, Reply::RECEIVED)).unwrap();
+            (queued, sending, sent) = (entry(cut, "a"), entry(cut, "b"), entry(cut, "c"));
+            handled = store.begin_reply();
+            store.put_reply(&reply(handled, "handled")).unwrap();
+            pending = entry(handled, "a");
+            for e in [&queued, &sending, &sent, &pending] {
                 store.enqueue_new(e.clone()).unwrap();
             }
             set_status(&store, &sending.key, MessageStatus::Sending);
             set_status(&store, &sent.key, MessageStatus::Sent);
-            assert_eq!(
-                store.due_outbox(now, 10).unwrap(),
-                vec![],
+            assert!(
+                store.due_outbox_keys(now).is_empty(),
                 "not in the stored queue"
             );
-            assert_eq!(store.inbox_depth(), 0, "a held item is not waiting");
-            assert!(
-                store.inbox(10).unwrap().is_empty(),
-                "nor seen by the processor"
-            );
+            assert_eq!(store.inbox_depth(), 0, "no inbox item");
+            assert_eq!(store.unfinished_replies(), 2);
             store.durable().await.unwrap();
-            // The "crash": the hold is never released.
+            // The "crash": neither reply is finished.
         }
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.due_outbox_keys(now), vec![queued.key.clone()]);
+        assert_eq!(
+            store.due_outbox_keys(now),
+            vec![queued.key.clone(), pending.key.clone()]
+        );
         let in_flight: Vec<String> = store.in_flight_entries().map(|e| e.unwrap().key).collect();
         assert_eq!(in_flight, vec![sending.key.clone()]);
         assert!(!store.get_entry(&queued.key).unwrap().unwrap().handed_off);
         assert_eq!(
-            store.inbox_depth(),
-            1,
-            "the item itself is replayed as usual"
+            store.get_entry(&sent.key).unwrap().unwrap().status,
+            MessageStatus::Sent,
+            "done with: left alone"
         );
-        let untouched = store.get_entry(&other.key).unwrap().unwrap();
+        let inbox = store.inbox(10).unwrap();
+        assert_eq!(inbox.len(), 1, "only the reply cut short is replayed");
+        assert_eq!(inbox[0].0, cut.to_string());
+        assert_eq!(inbox[0].1, now);
+        match crate::provider::webhook::parse(&inbox[0].2).unwrap() {
+            crate::provider::webhook::WebhookEvent::Reply(r) => {
+                assert_eq!(
+                    (
+                        r.mobile.as_str(),
+                        r.message.as_str(),
+                        r.custom_field.as_deref()
+                    ),
+                    ("573001112233", " 1 ", Some("cf-1"))
+                )
+            }
+            other => panic!("replayed as {other:?}"),
+        }
         assert!(
-            untouched.handed_off,
-            "another reply's item is gone: not this store's to fix"
+            store.get_entry(&below.key).unwrap().unwrap().handed_off,
+            "below the mark: not looked at"
+        );
+        assert!(
+            store.begin_reply() > handled,
+            "ids keep rising after a restart"
         );
     }
 

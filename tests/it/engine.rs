@@ -962,6 +962,55 @@ async fn a_replayed_reply_runs_again_only_if_its_record_is_missing() {
     t.shutdown().await;
 }
 
+/// A reply reacted to in its request writes its record first, as `received`, and no inbox
+/// item: when a crash cuts its reaction short, the next start finds the record at or above
+/// the store's reply mark and replays it under its id, once — a further restart adds nothing.
+#[tokio::test]
+async fn a_reply_a_crash_cut_short_after_its_first_write_is_replayed_once() {
+    let mut t = spawn_app(RULES, sim_config(), |_| {}).await;
+    t.stop_engine().await;
+    let store = recuerda::store::Store::open(&t.config.data_dir).unwrap();
+    let id = store.begin_reply();
+    store
+        .put_reply(&recuerda::conversation::Reply {
+            id: id.to_string(),
+            mobile: "573001110009".into(),
+            message: "1".into(),
+            custom_field: Some("cita-Z9".into()),
+            received_at: chrono::Utc::now(),
+            rule: None,
+            outcome: recuerda::conversation::Reply::RECEIVED.into(),
+        })
+        .unwrap();
+    store.durable().await.unwrap();
+    // The "crash": the reply is never finished.
+    drop(store);
+    t.start_engine().await;
+    let engine = &t.app().engine;
+    eventually("the replayed reply's reaction", || async {
+        let record = engine.store.get_reply(&id.to_string()).unwrap()?;
+        record.is_done().then_some(())
+    })
+    .await;
+    let record = engine.store.get_reply(&id.to_string()).unwrap().unwrap();
+    assert_eq!(record.outcome, "handled");
+    assert_eq!(reply_lines(engine, "cita-Z9"), ["1"]);
+    assert_eq!(
+        entries_of(engine, "cita-Z9"),
+        1,
+        "its rule's send, queued once"
+    );
+
+    t.stop_engine().await;
+    t.start_engine().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let engine = &t.app().engine;
+    assert_eq!(engine.store.inbox_depth(), 0);
+    assert_eq!(reply_lines(engine, "cita-Z9"), ["1"], "not replayed again");
+    assert_eq!(entries_of(engine, "cita-Z9"), 1);
+    t.shutdown().await;
+}
+
 /// A send whose template reads the conversation gets it as it stands at send time (the
 /// dispatcher reads the conversation only for such sends).
 #[tokio::test]

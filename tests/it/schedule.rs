@@ -77,7 +77,7 @@ async fn settle(t: &TestApp) {
             && store.due_until(now, 1).unwrap().is_empty()
             && store.inbox_depth() == 0
             // A reply's sends handed straight to the dispatcher are in no stored queue.
-            && store.held_inbox() == 0
+            && store.unfinished_replies() == 0
             && store.due_outbox(now, 1).unwrap().is_empty()
             && !in_flight()
         {

@@ -1,0 +1,122 @@
+//! Which fresh replies may have work left, and the durable mark below which none has.
+//!
+//! A reply reacted to in its request writes no inbox item: its record, written first with
+//! outcome `received`, carries the whole event, and the reaction's other writes follow it in
+//! sled's log. It is *unfinished* from the moment its id is minted until its reaction is
+//! written and every entry the reaction handed to the dispatcher is done with (sent, failed
+//! or back in the stored queue). The mark — the lowest unfinished id, or the next id when
+//! none is — is written before each flush: every reply below it is done with, and since sled
+//! recovers a prefix of its log, a mark that survives a crash comes with everything those
+//! replies wrote. So recovery only looks at the replies from the mark on
+//! (`Store::open`: their hand-offs go to the stored queue, and one still `received` is
+//! replayed).
+//!
+//! Ids are minted here, under the same lock that notes them unfinished and that computes the
+//! mark, and always above the last one: an id minted after a mark was computed can never be
+//! below it.
+
+use std::collections::BTreeSet;
+
+#[derive(Debug, Default)]
+pub(super) struct ReplyMarks {
+    unfinished: BTreeSet<u128>,
+    /// The highest id minted or recovered.
+    last: u128,
+    /// The mark last written to the store.
+    written: u128,
+}
+
+impl ReplyMarks {
+    /// Starts from the mark found in the store and the highest reply id recovered above it.
+    pub fn recovered(written: u128, highest: u128) -> ReplyMarks {
+        ReplyMarks {
+            unfinished: BTreeSet::new(),
+            last: highest.max(written.saturating_sub(1)),
+            written,
+        }
+    }
+
+    /// A new reply id (uuid v7, above every earlier one), noted unfinished.
+    pub fn mint(&mut self) -> uuid::Uuid {
+        let id = uuid::Uuid::now_v7()
+            .as_u128()
+            .max(self.last.saturating_add(1));
+        self.last = id;
+        self.unfinished.insert(id);
+        uuid::Uuid::from_u128(id)
+    }
+
+    /// Reply `id` is done with.
+    pub fn finish(&mut self, id: u128) {
+        self.unfinished.remove(&id);
+    }
+
+    pub fn unfinished(&self) -> usize {
+        self.unfinished.len()
+    }
+
+    /// The mark to write, if it moved since the last one written.
+    pub fn to_write(&self) -> Option<u128> {
+        let mark = self
+            .unfinished
+            .first()
+            .copied()
+            .unwrap_or(self.last.saturating_add(1));
+        (mark != self.written).then_some(mark)
+    }
+
+    pub fn written(&mut self, mark: u128) {
+        self.written = mark;
+    }
+}
+
+/// The key of reply `id` in the `replies` tree (its text form: uuid v7 text sorts as its
+/// number does).
+pub(super) fn reply_key(id: u128) -> String {
+    uuid::Uuid::from_u128(id).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mark_is_the_oldest_unfinished_reply_or_the_next_id() {
+        let mut m = ReplyMarks::recovered(0, 0);
+        let a = m.mint().as_u128();
+        let b = m.mint().as_u128();
+        assert!(b > a, "ids rise");
+        assert_eq!(m.to_write(), Some(a));
+        m.written(a);
+        assert_eq!(m.to_write(), None, "unchanged: nothing to write");
+        m.finish(b);
+        assert_eq!(m.to_write(), None, "a is still unfinished");
+        m.finish(a);
+        assert_eq!(m.to_write(), Some(b + 1), "all done: the next id");
+        let c = m.mint().as_u128();
+        assert!(c > b);
+        assert_eq!(m.unfinished(), 1);
+    }
+
+    #[test]
+    fn recovered_marks_never_move_back_and_mint_above_what_was_seen() {
+        let future = uuid::Uuid::now_v7().as_u128() + (1u128 << 100);
+        let m = ReplyMarks::recovered(future, 0);
+        assert_eq!(m.to_write(), None, "the stored mark stands");
+        let mut m = ReplyMarks::recovered(5, future);
+        assert_eq!(m.to_write(), Some(future + 1));
+        assert!(
+            m.mint().as_u128() > future,
+            "above a recovered id, clock or not"
+        );
+    }
+
+    #[test]
+    fn reply_keys_sort_as_their_ids() {
+        let ids = [1u128, 0xff, 1 << 64, (1 << 64) + 1, u128::MAX - 1];
+        let keys: Vec<String> = ids.iter().map(|&i| reply_key(i)).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+    }
+}
