@@ -127,6 +127,7 @@ impl Engine {
             }
             match self.dispatch_state() {
                 DispatchState::Stopped(_) => {
+                    self.drop_hand_offs();
                     tokio::select! {
                         _ = self.dispatch_wake.notified() => {}
                         _ = super::stop_requested(&mut shutdown) => {}
@@ -134,6 +135,7 @@ impl Engine {
                     continue;
                 }
                 DispatchState::PausedForBalance => {
+                    self.drop_hand_offs();
                     self.wait_for_balance(&mut shutdown).await;
                     continue;
                 }
@@ -270,9 +272,17 @@ impl Engine {
             h.cover(&known.entry.key);
         }
         let mut handed = self.handed_off.lock().unwrap_or_else(|e| e.into_inner());
-        if handed.len() < HAND_OFF_MAX {
+        // While sending is paused or stopped, a hand-off would keep its reply unfinished (and
+        // the store's reply mark below it) for as long: the stored queue takes it at once.
+        if handed.len() < HAND_OFF_MAX && self.dispatch_state() == DispatchState::Running {
             handed.push_back(HandOff { known, hold });
         }
+    }
+
+    /// Gives every entry waiting in the shortcut to the stored queue (their holds put them
+    /// there when released).
+    pub(super) fn drop_hand_offs(&self) {
+        drop(self.take_handed_off(usize::MAX));
     }
 
     fn take_handed_off(&self, max: usize) -> Vec<HandOff> {

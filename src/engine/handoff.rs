@@ -83,7 +83,11 @@ impl Drop for Hold {
             .iter()
             .try_for_each(|k| self.store.settle_hand_off(k).map(drop))
         {
-            Ok(()) if !self.keep.load(Ordering::Relaxed) => self.store.finish_reply(self.reply_id),
+            // A panic in the reaction may have left it half-done: unfinished, the next start
+            // replays it.
+            Ok(()) if !self.keep.load(Ordering::Relaxed) && !std::thread::panicking() => {
+                self.store.finish_reply(self.reply_id)
+            }
             Ok(()) => {}
             // Left unfinished, the reply keeps the mark below it: the next start settles them.
             Err(e) => {
@@ -139,5 +143,32 @@ mod tests {
         );
         assert_eq!(store.unfinished_replies(), 0);
         assert_eq!(store.inbox_depth(), 0, "a fresh reply has no inbox item");
+    }
+
+    /// A reaction that panicked, or whose body could not be queued for a retry, may be
+    /// half-done: its reply stays unfinished (the store's reply mark stays at or below it), so
+    /// the next start replays it.
+    #[tokio::test]
+    async fn a_hold_released_by_a_panic_or_kept_leaves_its_reply_unfinished() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let hold = Hold::begin(&store);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _hold = hold;
+            panic!("a reaction's bug");
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(store.unfinished_replies(), 1);
+
+        let kept = Hold::begin(&store);
+        kept.keep_unfinished();
+        drop(kept);
+        assert_eq!(store.unfinished_replies(), 2);
+        drop(Hold::begin(&store));
+        assert_eq!(
+            store.unfinished_replies(),
+            2,
+            "an ordinary release finishes its reply"
+        );
     }
 }

@@ -210,6 +210,9 @@ impl Engine {
         for t in tasks {
             let _ = t.await;
         }
+        // Hand-offs the dispatcher never took go to the stored queue (their holds do it when
+        // released) before the last flush, so the reply mark it writes is not held back.
+        self.drop_hand_offs();
         let _ = self.store.durable().await;
     }
 

@@ -110,10 +110,18 @@ impl Engine {
             }
         }
         if let Err(e) = self.store.push_inbox_as(id, now, body) {
-            if let Some(hold) = &hold {
-                hold.keep_unfinished();
+            let Some(hold) = &hold else {
+                return Err(e.into());
+            };
+            // Its `received` record, if written, stands for the body: left unfinished, the
+            // next start replays it. Answering an error instead would have the provider send
+            // it again under a new id, and both would run.
+            hold.keep_unfinished();
+            if !matches!(self.store.get_reply(&id.to_string()), Ok(Some(_))) {
+                return Err(e.into());
             }
-            return Err(e.into());
+            tracing::error!(error = %e, reply = %id, "a reply whose reaction failed could not be queued for a retry; the next start replays it");
+            return Ok(());
         }
         self.inbox_wake.notify_one();
         Ok(())
@@ -239,8 +247,8 @@ impl Engine {
             self.store.put_reply(&reply)?;
             return Ok(());
         }
-        // The reply is written once, with its outcome, last. The sighting just recorded lives
-        // in memory and is rebuilt from reply records after a crash, so a replay of this event
+        // The reply is written with its outcome last. The sighting just recorded lives in
+        // memory and is rebuilt from reply records after a crash, so a replay of this event
         // is never taken for a duplicate of itself.
 
         // Opt-out keywords are handled before any rule.

@@ -1392,7 +1392,15 @@ impl Store {
         let mut highest = 0;
         for item in i.replies.range(reply_key(mark)..) {
             let (k, v) = item?;
-            let reply: Reply = decode_compact("replies", &k, &v)?;
+            // One damaged record must not keep the engine from starting: it is reported, and
+            // left for an operator to look at (`recuerda` never rewrites it).
+            let reply: Reply = match decode_compact("replies", &k, &v) {
+                Ok(reply) => reply,
+                Err(e) => {
+                    tracing::error!(error = %e, "a reply record cannot be read; its reaction, if cut short, is not replayed");
+                    continue;
+                }
+            };
             let Ok(id) = uuid::Uuid::parse_str(&reply.id) else {
                 continue;
             };
@@ -1474,8 +1482,9 @@ impl Store {
     /// the reply it duplicates: a different reply with the same fingerprint seen within `window`
     /// before `at`, if any. A duplicate slides the window but keeps naming the original.
     ///
-    /// Sightings live in memory; their durable trace is the reply records themselves (each
-    /// written with its outcome, duplicates included), from which the first call after opening
+    /// Sightings live in memory; their durable trace is the reply records themselves (written
+    /// first as `received`, then with their outcome, duplicates included), from which the first
+    /// call after opening
     /// rebuilds the ones still inside the window. So a sighting survives a crash exactly when
     /// its reply's record does — a reply whose record was lost is replayed from the inbox and
     /// is not taken for a duplicate of itself — and a reply costs no sled write for it.

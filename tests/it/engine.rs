@@ -518,11 +518,19 @@ async fn code_5_pauses_sending_until_the_balance_is_topped_up() {
     })
     .await;
     t.put_appointment("B2", appointment("573001110021")).await;
+    // A reply's send is not handed to the paused dispatcher, where it would keep its reply
+    // unfinished (and the store's reply mark behind it) until sending resumes: it waits in
+    // the stored queue.
+    let engine = &t.app().engine;
+    let reply = recuerda::simulator::reply_payload("573001110022", "hola", "cita-B9").to_string();
+    engine.accept_webhook(reply.as_bytes()).await.unwrap();
+    assert_eq!(engine.store.unfinished_replies(), 0);
+    assert_eq!(entries_of(engine, "cita-B9"), 1);
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(t.sim.sends().is_empty(), "nothing is sent while paused");
     t.sim.set_balance(LOGIN, 10).unwrap();
-    eventually("both sent after the top-up", || async {
-        (t.sim.sends().len() == 2).then_some(())
+    eventually("all three sent after the top-up", || async {
+        (t.sim.sends().len() == 3).then_some(())
     })
     .await;
     t.shutdown().await;
@@ -916,11 +924,12 @@ async fn a_reply_cut_short_before_the_upgrade_is_replayed_under_its_old_key() {
     t.shutdown().await;
 }
 
-/// A reply's record is the last write of its reaction: an event replayed from the inbox whose
-/// record is there is not reacted to again (no second line in its conversation, nothing
-/// queued twice); one whose record is missing (a crash cut its reaction short) runs again.
+/// A reply's record is the last write of its reaction (with its outcome): an event replayed
+/// from the inbox whose record is there is not reacted to again (no second line in its
+/// conversation, nothing queued twice); one whose record is missing (a crash cut its reaction
+/// short) runs again — as does one still `received` (see the test after).
 #[tokio::test]
-async fn a_replayed_reply_runs_again_only_if_its_record_is_missing() {
+async fn a_replayed_reply_runs_again_only_if_its_reaction_was_cut_short() {
     let t = spawn_app(RULES, sim_config(), |_| {}).await;
     let engine = &t.app().engine;
     let body = |text: &str| {
