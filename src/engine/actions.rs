@@ -289,7 +289,8 @@ impl Engine {
                         "conversation": ctx.get("conversation"),
                         "event": ctx.get("message"),
                         "at": now.to_rfc3339(),
-                    });
+                    })
+                    .into();
                     // Notifications go to the clinic's own system: quiet hours do not apply.
                     entry.not_before = now;
                     if self.store.enqueue(&entry)? {
@@ -340,7 +341,7 @@ impl Engine {
             appointment_id: appointment.map(|a| a.id.clone()),
             appointment_start: appointment.map(|a| a.start_utc()),
             recheck_appointment: occ.reminder,
-            context: Value::Object(context),
+            context: Value::Object(context).into(),
             not_before: self.after_quiet_hours(now),
             // The expected recipient, so a send refused before any call is still listed under
             // the patient's mobile; the dispatcher sets the rendered one.

@@ -69,7 +69,7 @@ impl Engine {
         let day = now.with_timezone(&self.config.timezone).format("%Y-%m-%d");
         // One notification a day: the key is the occasion.
         let entry = OutboxEntry {
-            context: json!({"alert": "low_balance", "reason": reason, "balance": self.last_balance(), "at": now.to_rfc3339()}),
+            context: json!({"alert": "low_balance", "reason": reason, "balance": self.last_balance(), "at": now.to_rfc3339()}).into(),
             text: Some(reason),
             ..OutboxEntry::queued(
                 format!("balance-low:{day}"),

@@ -561,7 +561,7 @@ impl Engine {
             ));
         };
         let mut ctx = serde_json::Map::new();
-        if let Value::Object(saved) = &entry.context {
+        if let Value::Object(saved) = entry.context.value() {
             for (k, v) in saved {
                 ctx.insert(k.clone(), v.clone());
             }
@@ -880,7 +880,8 @@ mod tests {
         entry.mobile = Some("573000000001".into());
         entry.context = serde_json::json!({"reply": {
             "mobile": "573000000001", "message": "1", "custom_field": "bench-1"
-        }});
+        }})
+        .into();
         entry
     }
 

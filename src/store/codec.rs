@@ -17,7 +17,7 @@
 //! an enum's order.
 
 use crate::conversation::{Conversation, HistoryEntry, Reply};
-use crate::message::{MessageStatus, OutboxEntry, OutboxKind, StatusChange};
+use crate::message::{EntryContext, MessageStatus, OutboxEntry, OutboxKind, StatusChange};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -151,7 +151,6 @@ struct Entry<S> {
 impl Compact for OutboxEntry {
     fn encode(&self) -> Vec<u8> {
         let e = self;
-        let context = serde_json::to_string(&e.context).unwrap_or_else(|_| "null".into());
         let stored = Entry::<&str> {
             notify: match &e.kind {
                 OutboxKind::Send => None,
@@ -162,7 +161,7 @@ impl Compact for OutboxEntry {
             appointment_id: e.appointment_id.as_deref(),
             appointment_start: e.appointment_start.as_ref().map(Ts::of),
             recheck_appointment: e.recheck_appointment,
-            context: &context,
+            context: e.context.text(),
             status: status_code(e.status),
             not_before: Ts::of(&e.not_before),
             attempts: e.attempts,
@@ -225,7 +224,7 @@ impl Compact for OutboxEntry {
             appointment_id: s.appointment_id,
             appointment_start: s.appointment_start.map(|t| t.time()).transpose()?,
             recheck_appointment: s.recheck_appointment,
-            context: serde_json::from_str(&s.context).map_err(|e| format!("its context: {e}"))?,
+            context: EntryContext::from_text(s.context).map_err(|e| format!("its context: {e}"))?,
             status: status_of(s.status)?,
             not_before: s.not_before.time()?,
             attempts: s.attempts,
@@ -367,7 +366,7 @@ mod tests {
         e.appointment_id = Some("a1".into());
         e.appointment_start = Some(t + chrono::Duration::days(1));
         e.recheck_appointment = true;
-        e.context = serde_json::json!({"reply": {"message": "sí, ñandú", "n": 1.5}});
+        e.context = serde_json::json!({"reply": {"message": "sí, ñandú", "n": 1.5}}).into();
         e.set_status(MessageStatus::Sending, t, None);
         e.set_status(MessageStatus::Failed, t, Some("código 4".into()));
         e.timeline.push(StatusChange {
