@@ -111,6 +111,46 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever the interleaving of replies begun, finished, marks written and restarts
+        /// (the recovered state built from the last mark written and the highest id stored),
+        /// no mark written ever passes a reply not yet finished, marks never move back, and
+        /// ids only rise.
+        #[test]
+        fn no_mark_passes_an_unfinished_reply(ops in proptest::collection::vec(0u8..4, 1..200)) {
+            let mut m = ReplyMarks::recovered(0, 0);
+            let mut open: Vec<u128> = Vec::new();
+            let (mut written, mut highest) = (0u128, 0u128);
+            for (step, op) in ops.into_iter().enumerate() {
+                match op {
+                    0 => {
+                        let id = m.mint().as_u128();
+                        proptest::prop_assert!(id > highest && id >= written);
+                        highest = id;
+                        open.push(id);
+                    }
+                    1 if !open.is_empty() => {
+                        let id = open.remove(step % open.len());
+                        m.finish(id);
+                    }
+                    2 => {
+                        if let Some(mark) = m.to_write() {
+                            proptest::prop_assert!(mark >= written, "moved back");
+                            m.written(mark);
+                            written = mark;
+                        }
+                        proptest::prop_assert!(open.iter().all(|&id| id >= written));
+                    }
+                    _ => {
+                        // A restart: unfinished replies are recovered (replayed), not open.
+                        m = ReplyMarks::recovered(written, highest);
+                        open.clear();
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn reply_keys_sort_as_their_ids() {
         let ids = [1u128, 0xff, 1 << 64, (1 << 64) + 1, u128::MAX - 1];
