@@ -10,6 +10,7 @@ pub mod bench;
 pub mod check;
 pub mod demo;
 pub mod import;
+pub mod log_sink;
 pub mod preview;
 pub mod sandbox;
 pub mod send;
@@ -74,21 +75,13 @@ pub fn load_config(cli_config: Option<&std::path::Path>) -> anyhow::Result<Confi
     Ok(Config::load(cli_config)?)
 }
 
-/// Installs the log subscriber. Lines are written by a background thread that batches them
-/// (one `write` per burst instead of one per line: a busy server logs two lines per reply);
-/// none is dropped, and the returned guard writes out what is pending when it is dropped, so
-/// `main` holds it until exit.
-pub fn init_tracing(
-    format: LogFormat,
-    default_level: &str,
-) -> tracing_appender::non_blocking::WorkerGuard {
+/// Installs the log subscriber. Lines are written to stderr by a background thread in
+/// batches (`log_sink`: one `write` per burst, no wake-up per line; a busy server logs two
+/// lines per reply); none is dropped, and the returned guard writes out what is pending when
+/// it is dropped, so `main` holds it until exit.
+pub fn init_tracing(format: LogFormat, default_level: &str) -> log_sink::LogGuard {
     let (filter, bad) = log_filter(std::env::var("RECUERDA_LOG").ok().as_deref(), default_level);
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        // The default 128,000-line queue is allocated up front: 4 MiB of idle memory.
-        .buffered_lines_limit(4096)
-        .thread_name("recuerda-log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let (writer, guard) = log_sink::stderr_sink();
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let registry = tracing_subscriber::registry().with(filter);
