@@ -37,10 +37,18 @@ impl ReplyMarks {
     }
 
     /// A new reply id (uuid v7, above every earlier one), noted unfinished.
+    ///
+    /// Made from the clock's milliseconds with its random bits zero: ids are unique here by
+    /// rising above the last one, so they need no randomness, and `Uuid::now_v7` asked the
+    /// kernel for random bytes (a `getrandom` call) on every reply.
     pub fn mint(&mut self) -> uuid::Uuid {
-        let id = uuid::Uuid::now_v7()
-            .as_u128()
-            .max(self.last.saturating_add(1));
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let from_clock = uuid::Builder::from_unix_timestamp_millis(millis, &[0; 10])
+            .into_uuid()
+            .as_u128();
+        let id = from_clock.max(self.last.saturating_add(1));
         self.last = id;
         self.unfinished.insert(id);
         uuid::Uuid::from_u128(id)
@@ -86,6 +94,13 @@ mod tests {
         let a = m.mint().as_u128();
         let b = m.mint().as_u128();
         assert!(b > a, "ids rise");
+        let v7 = uuid::Uuid::from_u128(b);
+        assert_eq!(v7.get_version_num(), 7, "{v7}");
+        let ms = v7.get_timestamp().map(|t| t.to_unix().0).unwrap_or(0);
+        assert!(
+            ms.abs_diff(chrono::Utc::now().timestamp() as u64) < 5,
+            "from the clock: {v7}"
+        );
         assert_eq!(m.to_write(), Some(a));
         m.written(a);
         assert_eq!(m.to_write(), None, "unchanged: nothing to write");
