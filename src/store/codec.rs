@@ -33,10 +33,11 @@ pub(super) trait Compact: Sized {
 
 /// [`TAG`] and the postcard bytes of `stored`.
 fn tagged<T: Serialize>(stored: &T) -> Vec<u8> {
-    let mut out = vec![TAG];
+    // Sized for a typical record (entries ~0.4 KB) so that it is written without regrowing.
+    let mut out = Vec::with_capacity(512);
+    out.push(TAG);
     // Plain data into a Vec: postcard cannot fail on it.
-    out.extend(postcard::to_allocvec(stored).unwrap_or_default());
-    out
+    postcard::to_extend(stored, out).unwrap_or_else(|_| vec![TAG])
 }
 
 /// The compact form in `bytes`, or `Err(json)`: the record is an older store's JSON.
