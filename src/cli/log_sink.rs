@@ -6,11 +6,15 @@
 //! and nobody is woken, except by the first line after the buffer was written out: the thread
 //! then lets the burst gather for [`GATHER`] before one `write`. A warning or an error is not
 //! kept waiting: it has the buffer written at once (a crash right after it must not take it
-//! along; routine lines may go with a SIGKILL, as queued lines always could). An idle server's thread sleeps
-//! until a line comes (no timer). Nothing is dropped: past [`HIGH_WATER`] the writer wakes the
-//! thread at once, and past [`LIMIT`] a writer waits for the thread to take the buffer (the
-//! back-pressure a full queue used to give). Dropping the [`LogGuard`] writes what is left;
-//! lines after that (or when the thread could not start) go straight to stderr.
+//! along; routine lines may go with a SIGKILL, as queued lines always could). An idle
+//! server's thread sleeps until a line comes (no timer).
+//!
+//! Nothing is dropped: past `HIGH_WATER` the writer wakes the thread at once, and past
+//! `LIMIT` a writer waits for the thread to take the buffer (the back-pressure a full queue
+//! used to give). Dropping the [`LogGuard`] has the thread write one last batch (waiting at
+//! most `LAST_BATCH_WAIT`: stderr may be a pipe nobody reads); writers that come later wait
+//! for that batch, then write to stderr themselves, as they do if the thread could not start
+//! or died.
 
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -94,18 +98,23 @@ fn sink(gather: Duration, out: impl Fn(&[u8]) + Send + 'static) -> (LogSink, Log
 }
 
 fn write_batches(shared: &Shared, gather_for: Duration, out: impl Fn(&[u8])) {
+    // However the thread ends (its last batch written, or a panic), writers are told to write
+    // for themselves, and none stays waiting for it.
+    struct Done<'a>(&'a Shared);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.state().done = true;
+            self.0.drained.notify_all();
+        }
+    }
+    let _done = Done(shared);
     let mut spare = Vec::new();
     loop {
         let mut state = shared.state();
         while state.buf.is_empty() && !state.stop {
             state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
         }
-        if state.buf.is_empty() {
-            // Stopped, and everything written: later lines go straight to stderr.
-            state.done = true;
-            shared.drained.notify_all();
-            return;
-        }
+        let stop = state.stop;
         let gather = |s: &mut State| !s.stop && !s.urgent && s.buf.len() < HIGH_WATER;
         if gather(&mut state) {
             // Let the burst gather: one write for it instead of one per line.
@@ -115,11 +124,20 @@ fn write_batches(shared: &Shared, gather_for: Duration, out: impl Fn(&[u8])) {
                 .map(|(s, _)| s)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
+        // Stopped since (the guard went while the burst gathered): this is the last batch.
+        let stop = stop || state.stop;
         state.urgent = false;
         std::mem::swap(&mut state.buf, &mut spare);
         drop(state);
         shared.drained.notify_all();
-        out(&spare);
+        if !spare.is_empty() {
+            out(&spare);
+        }
+        if stop {
+            // Writers that saw the stop wait for `done` (set by `_done`), then write
+            // themselves: after this batch, never before it, and never forever.
+            return;
+        }
         spare.clear();
         // A burst's buffer is kept for the next one, but not a flood's.
         if spare.capacity() > HIGH_WATER {
@@ -131,8 +149,9 @@ fn write_batches(shared: &Shared, gather_for: Duration, out: impl Fn(&[u8])) {
 impl Write for LogSink {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         let mut state = self.shared.state();
-        // The thread is behind: wait for it to take the buffer (lines stay in order).
-        while state.buf.len() >= LIMIT && !state.done {
+        // Wait for the thread: it is behind (lines stay in order, memory bounded), or it is
+        // writing its last batch.
+        while !state.done && (state.stop || state.buf.len() >= LIMIT) {
             self.shared.wake.notify_one();
             state = self
                 .shared
@@ -146,11 +165,14 @@ impl Write for LogSink {
             return Ok(bytes.len());
         }
         let was_empty = state.buf.is_empty();
+        let was_urgent = state.urgent;
         state.buf.extend_from_slice(bytes);
         state.urgent |= self.urgent;
         let len = state.buf.len();
         drop(state);
-        if was_empty || self.urgent || len >= HIGH_WATER {
+        // Only what changes the thread's mind wakes it (a wake-up is a system call).
+        let crossed_high_water = len >= HIGH_WATER && len - bytes.len() < HIGH_WATER;
+        if was_empty || (self.urgent && !was_urgent) || crossed_high_water {
             self.shared.wake.notify_one();
         }
         Ok(bytes.len())
@@ -176,11 +198,26 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogSink {
     }
 }
 
+/// How long the guard waits for the last batch: stderr may be a pipe nobody reads.
+const LAST_BATCH_WAIT: Duration = Duration::from_secs(2);
+
 impl Drop for LogGuard {
     fn drop(&mut self) {
-        self.shared.state().stop = true;
+        let state = {
+            let mut state = self.shared.state();
+            state.stop = true;
+            state
+        };
         self.shared.wake.notify_one();
-        if let Some(thread) = self.thread.take() {
+        let (state, _) = self
+            .shared
+            .drained
+            .wait_timeout_while(state, LAST_BATCH_WAIT, |s| !s.done)
+            .unwrap_or_else(|e| e.into_inner());
+        let done = state.done;
+        drop(state);
+        // Past the wait the thread is left behind (blocked on stderr), not waited for.
+        if let Some(thread) = self.thread.take().filter(|_| done) {
             let _ = thread.join();
         }
     }
@@ -263,6 +300,60 @@ mod tests {
             std::thread::sleep(Duration::from_micros(200));
         }
         assert_eq!(out.lock().unwrap().as_slice(), b"routine\nwarning\n");
+    }
+
+    /// A guard dropped while other threads keep logging still returns, with every line
+    /// written once, in each thread's order.
+    #[test]
+    fn the_guard_returns_while_others_keep_logging() {
+        let (sink, guard, out, _) = collecting(GATHER);
+        let logger = {
+            let mut sink = sink.clone();
+            // Until the thread is done (then a line would go to the real stderr: at most
+            // one does).
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !sink.shared.state().done {
+                    sink.write_all(format!("line {i}\n").as_bytes()).unwrap();
+                    i += 1;
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let started = std::time::Instant::now();
+        drop(guard);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        logger.join().unwrap();
+        // The lines before the stop went to `out`, all of them, in order.
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let numbers: Vec<usize> = text
+            .lines()
+            .map(|l| l.strip_prefix("line ").unwrap().parse().unwrap())
+            .collect();
+        assert!(!numbers.is_empty());
+        assert_eq!(numbers, (0..numbers.len()).collect::<Vec<_>>());
+    }
+
+    /// If the thread dies, writers write for themselves: none waits for it.
+    #[test]
+    fn a_dead_thread_blocks_no_writer() {
+        let (mut sink, _guard) = sink(Duration::ZERO, |_| panic!("stderr is gone"));
+        sink.write_all(b"the line that kills the thread\n").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !sink.shared.state().done {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the thread never ended"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Written to the real stderr, at once.
+        sink.write_all(b"log_sink test: a line after the log thread died\n")
+            .unwrap();
     }
 
     /// A lone line is written within the gathering time, without waiting for more.
