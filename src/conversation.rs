@@ -94,16 +94,6 @@ impl Reply {
         self.outcome != Self::RECEIVED
     }
 
-    /// The webhook body this reply came in (as far as the engine reads it): a reply cut short
-    /// by a crash is replayed from it.
-    pub fn webhook_body(&self) -> Vec<u8> {
-        let mut body = serde_json::json!({"mobile": self.mobile, "message": self.message});
-        if let Some(cf) = &self.custom_field {
-            body["custom_field"] = cf.as_str().into();
-        }
-        body.to_string().into_bytes()
-    }
-
     /// What makes two replies the same for dedupe: mobile, trimmed text, conversation.
     pub fn fingerprint(&self) -> String {
         use std::hash::{Hash, Hasher};

@@ -98,6 +98,26 @@ pub struct ReplyEvent {
     pub custom_field: Option<String>,
 }
 
+/// A patient's reply as the provider posts it (keys in its order; no `custom_field` when there
+/// is none): what [`parse`] reads back as that reply. The engine rebuilds the body of a reply
+/// whose reaction a crash cut short from its record; the simulator posts its replies with it.
+pub fn reply_body(mobile: &str, message: &str, custom_field: Option<&str>) -> String {
+    #[derive(Serialize)]
+    struct ReplyBody<'a> {
+        mobile: &'a str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        custom_field: Option<&'a str>,
+    }
+    // Strings only: serializing cannot fail.
+    serde_json::to_string(&ReplyBody {
+        mobile,
+        message,
+        custom_field,
+    })
+    .unwrap_or_else(|_| "{}".into())
+}
+
 /// Parses a webhook body.
 pub fn parse(body: &[u8]) -> Result<WebhookEvent, WebhookError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| WebhookError::Malformed {
@@ -251,6 +271,32 @@ fn shorten(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reply's body, built as the provider writes it, parses back to the same reply, with
+    /// or without a `custom_field`.
+    #[test]
+    fn a_reply_body_parses_back_to_its_reply() {
+        for cf in [Some("cita-1"), None] {
+            let body = reply_body("573001112233", " sí, gracias ", cf);
+            assert_eq!(body.contains("custom_field"), cf.is_some(), "{body}");
+            match parse(body.as_bytes()) {
+                Ok(WebhookEvent::Reply(r)) => assert_eq!(
+                    r,
+                    ReplyEvent {
+                        mobile: "573001112233".into(),
+                        message: " sí, gracias ".into(),
+                        custom_field: cf.map(str::to_string),
+                    }
+                ),
+                other => panic!("{body} parsed as {other:?}"),
+            }
+        }
+        assert_eq!(
+            reply_body("57300", "1", Some("c")),
+            r#"{"mobile":"57300","message":"1","custom_field":"c"}"#,
+            "the provider's key order"
+        );
+    }
 
     #[test]
     fn dates_in_the_formats_seen() {

@@ -73,13 +73,6 @@ struct FailedBody<'a> {
     message_id: &'a str,
 }
 
-#[derive(Serialize)]
-struct ReplyBody<'a> {
-    mobile: &'a str,
-    message: &'a str,
-    custom_field: &'a str,
-}
-
 /// Serializing these string-only structs cannot fail; `{}` keeps the type honest anyway.
 fn to_json(body: &impl Serialize) -> String {
     serde_json::to_string(body).unwrap_or_else(|_| "{}".into())
@@ -121,11 +114,7 @@ pub(crate) fn event_body(
 }
 
 pub(crate) fn reply_body(mobile: &str, text: &str, custom_field: &str) -> String {
-    to_json(&ReplyBody {
-        mobile,
-        message: text,
-        custom_field,
-    })
+    crate::provider::webhook::reply_body(mobile, text, Some(custom_field))
 }
 
 /// A WhatsApp-looking message id for `messageId_whatsapp`.

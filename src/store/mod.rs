@@ -1407,7 +1407,12 @@ impl Store {
             highest = highest.max(id.as_u128());
             self.settle_hand_offs_of(&reply.id)?;
             if !reply.is_done() && !i.inbox.contains_key(id.as_bytes())? {
-                self.push_inbox_as(id, reply.received_at, &reply.webhook_body())?;
+                let body = crate::provider::webhook::reply_body(
+                    &reply.mobile,
+                    &reply.message,
+                    reply.custom_field.as_deref(),
+                );
+                self.push_inbox_as(id, reply.received_at, body.as_bytes())?;
             }
         }
         *i.marks() = ReplyMarks::recovered(mark, highest);
@@ -1484,8 +1489,7 @@ impl Store {
     ///
     /// Sightings live in memory; their durable trace is the reply records themselves (written
     /// first as `received`, then with their outcome, duplicates included), from which the first
-    /// call after opening
-    /// rebuilds the ones still inside the window. So a sighting survives a crash exactly when
+    /// call after opening rebuilds the ones still inside the window. So a sighting survives a crash exactly when
     /// its reply's record does — a reply whose record was lost is replayed from the inbox and
     /// is not taken for a duplicate of itself — and a reply costs no sled write for it.
     pub fn record_reply_sighting(
