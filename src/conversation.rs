@@ -80,16 +80,17 @@ pub struct Reply {
     /// The rule that handled it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
-    /// `handled`, `unhandled`, `opted_out`, `opted_in`, `duplicate`; `received` while its
-    /// reaction is under way (or was cut short by a crash, and is replayed).
+    /// `handled`, `unhandled`, `opted_out`, `opted_in`, `duplicate`: what its reaction decided,
+    /// written before anything else it does. `received` only in a record of a
+    /// format-4 store whose reaction was still under way.
     pub outcome: String,
 }
 
 impl Reply {
-    /// The outcome of a reply whose reaction has not been written yet.
+    /// The outcome of a reply whose reaction decided nothing yet (store format 4).
     pub const RECEIVED: &'static str = "received";
 
-    /// Whether its reaction was written in full (its record is written last with the outcome).
+    /// Whether its record says what its reaction decided (see [`Reply::RECEIVED`]).
     pub fn is_done(&self) -> bool {
         self.outcome != Self::RECEIVED
     }

@@ -42,21 +42,34 @@ pub(crate) struct Occasion {
     pub hold: Option<Arc<Hold>>,
 }
 
-/// A trigger's line in a conversation: who wrote and what.
+/// A trigger's line in a conversation: who wrote what, and when it arrived.
 #[derive(Debug, Clone)]
 pub(crate) struct ConversationNote {
     pub custom_field: String,
     pub mobile: String,
     pub kind: &'static str,
     pub detail: String,
+    /// When the trigger arrived (a reply's `received_at`): with `kind` and `detail`, what
+    /// tells a replay that the line is already there.
+    pub at: DateTime<Utc>,
 }
 
 impl ConversationNote {
-    pub(crate) fn apply(&self, c: &mut Conversation, now: DateTime<Utc>) {
+    pub(crate) fn apply(&self, c: &mut Conversation) {
         if c.mobile.is_none() {
             c.mobile = Some(self.mobile.clone());
         }
-        c.record(now, self.kind, self.detail.clone(), None);
+        c.record(self.at, self.kind, self.detail.clone(), None);
+    }
+
+    /// Whether `c` already has this line. A reaction writes its trigger's line with its
+    /// last write to the conversation, after everything else it writes, and sled recovers a
+    /// prefix of its writes: a replay that finds the line has nothing left to do.
+    pub(crate) fn is_in(&self, c: &Conversation) -> bool {
+        c.history
+            .iter()
+            .rev()
+            .any(|h| h.at == self.at && h.kind == self.kind && h.detail == self.detail)
     }
 }
 
@@ -139,17 +152,14 @@ impl Engine {
             pending: Vec::new(),
             known: occ.conversation_read.as_ref(),
         };
-        if let Some(note) = &occ.note {
-            edits.push(&note.custom_field, Edit::Note(note.clone()));
-        }
         if !occ.fresh && self.store.fired(&occ.key)?.is_some() {
-            edits.apply(self, &rule.name, now)?;
+            edits.finish(self, occ.note.as_ref(), &rule.name, now)?;
             return Ok(Ran::AlreadyFired);
         }
         let rules = self.rules();
         let first_ctx = self.context(occ, None, occ.conversation.as_ref(), now)?;
         if !rule.conditions_hold(&first_ctx) {
-            edits.apply(self, &rule.name, now)?;
+            edits.finish(self, occ.note.as_ref(), &rule.name, now)?;
             self.record_fired(
                 &rule.name,
                 &occ.key,
@@ -299,11 +309,11 @@ impl Engine {
                 }
             }
         }
-        edits.apply(self, &rule.name, now)?;
+        edits.finish(self, occ.note.as_ref(), &rule.name, now)?;
         let outcome = format!("ran {} actions", rule.actions.len());
         if occ.reply.is_some() {
-            // A reply's occasion is marked done by the reply's own record, written after
-            // this (with its rule and outcome): no second record of it.
+            // A reply's occasion is marked done by its line in its conversation, written by
+            // the `finish` above, or has none to mark (see `ConversationNote::is_in`).
             self.store
                 .set_rule_last(&rule.name, &occ.key, &Fired { at: now, outcome })?;
         } else {
@@ -471,6 +481,40 @@ impl ConversationEdits<'_> {
         }
     }
 
+    /// The last write of an occasion's changes: the trigger's own line goes first in its
+    /// conversation's list, so that it is written last of everything the occasion writes
+    /// (a `notify` writes the changes before it earlier). A replay that finds the line knows
+    /// the occasion's writes are all there (`ConversationNote::is_in`).
+    fn finish(
+        &mut self,
+        engine: &Engine,
+        note: Option<&ConversationNote>,
+        rule: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
+        if let Some(note) = note {
+            let edit = Edit::Note(note.clone());
+            match self
+                .pending
+                .iter_mut()
+                .find(|(cf, _)| *cf == note.custom_field)
+            {
+                Some((_, list)) => list.insert(0, edit),
+                None => self.pending.push((note.custom_field.clone(), vec![edit])),
+            }
+            // Its conversation written last of all.
+            if let Some(at) = self
+                .pending
+                .iter()
+                .position(|(cf, _)| *cf == note.custom_field)
+            {
+                let mine = self.pending.remove(at);
+                self.pending.push(mine);
+            }
+        }
+        self.apply(engine, rule, now)
+    }
+
     /// Writes the gathered changes, one write per conversation.
     fn apply(
         &mut self,
@@ -488,7 +532,7 @@ impl ConversationEdits<'_> {
                 .update_conversation_known(&cf, known, now, |c| {
                     for edit in &list {
                         match edit {
-                            Edit::Note(note) => note.apply(c, now),
+                            Edit::Note(note) => note.apply(c),
                             Edit::Queued {
                                 mobile,
                                 appointment_id,

@@ -72,11 +72,11 @@ impl Engine {
     /// the answer waits for; behind older events (or when the reaction fails) the body goes to
     /// the inbox for the processor.
     ///
-    /// A reply reacted to here writes its record first, as `received`: its reaction is keyed
-    /// by the id minted here, and sled recovers a prefix of its writes, so any part of the
-    /// reaction that survives a crash comes with that record, which the next start replays
-    /// (effects are idempotent) rather than leave half-done for the provider's retry (a new
-    /// id) to run a second time. The store's reply mark bounds the records that start looks
+    /// A reply reacted to here writes its record first, with what its reaction decided: its
+    /// reaction is keyed by the id minted here, and sled recovers a prefix of its writes, so
+    /// any part of the reaction that survives a crash comes with that record, which the next
+    /// start replays (completing the recorded decision; effects are idempotent) rather than
+    /// leave half-done for the provider's retry (a new id) to run a second time. The store's reply mark bounds the records that start looks
     /// at (`store::reply_mark`). A delivery event needs no such write: its
     /// reaction is keyed by what it says (message, status, provider date), so the provider's
     /// retry of it finds whatever part survived and adds nothing twice.
@@ -103,8 +103,8 @@ impl Engine {
             match self.react_to(&id.to_string(), event, body, now, Fresh::Yes, hold.as_ref()) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
-                    // Replayed under the same id: a reply's record, if written, is `received`,
-                    // and a replay finds the sends handed off before the failure.
+                    // Replayed under the same id: a reply's record, if written, says what was
+                    // decided, and a replay finds the sends handed off before the failure.
                     tracing::warn!(error = %e, "reacting to a webhook event failed; it goes to the inbox to retry");
                 }
             }
@@ -113,7 +113,7 @@ impl Engine {
             let Some(hold) = &hold else {
                 return Err(e.into());
             };
-            // Its `received` record, if written, stands for the body: left unfinished, the
+            // Its record, if written, stands for the body: left unfinished, the
             // next start replays it. Answering an error instead would have the provider send
             // it again under a new id, and both would run.
             hold.keep_unfinished();
@@ -217,116 +217,196 @@ impl Engine {
             rule: None,
             outcome: Reply::RECEIVED.into(),
         };
-        // The reply's record is the last write of its reaction, whatever the outcome, and sled
-        // recovers a prefix of its writes: a replayed event (a crash between its effects and
-        // leaving the inbox) whose record is there with its outcome was reacted to in full.
-        // One without it, or still `received`, runs again; its effects are idempotent.
-        // A replay may also find sends that the first run handed off, not yet in the stored
-        // queue (a reaction that failed after handing them off): the queue takes them.
-        if fresh == Fresh::Replay {
+        // A replay (a reaction that failed, or one a crash cut short) may find the record its
+        // first run wrote first: it completes what that run decided rather than decide again,
+        // since the first run's own writes (the conversation's state, the sightings) may now
+        // point elsewhere. It may also find sends that run handed off, not yet in the stored
+        // queue: the queue takes them.
+        let recorded = if fresh == Fresh::Replay {
             self.store.settle_hand_offs_of(id)?;
-            if self.store.get_reply(id)?.is_some_and(|r| r.is_done()) {
-                return Ok(());
-            }
+            // `received`: a record of an older recuerda's first write, nothing decided.
+            self.store.get_reply(id)?.filter(Reply::is_done)
         } else {
-            // First, so that any part of the reaction a crash leaves comes with it (sled
-            // recovers a prefix of its writes): the store's reply mark stays at or below it
-            // until it is done with, and the next start replays it (see `Store::open`).
-            self.store.put_reply(&reply)?;
+            None
+        };
+        // The inbox keeps its items' times to the millisecond; the record has it exactly, as
+        // its line in the conversation does.
+        let received_at = recorded.as_ref().map_or(received_at, |r| r.received_at);
+        reply.received_at = received_at;
+        let conversation_key = reply.custom_field.clone();
+        let mobile = reply.mobile.clone();
+        let note = |kind: &'static str| {
+            conversation_key.as_ref().map(|cf| ConversationNote {
+                custom_field: cf.clone(),
+                mobile: mobile.clone(),
+                kind,
+                detail: text.clone(),
+                at: received_at,
+            })
+        };
+        let read = match &conversation_key {
+            Some(cf) => Some(self.store.read_conversation(cf)?),
+            None => None,
+        };
+        let rules = self.rules();
+        let decision = match &recorded {
+            Some(r) => match Decision::recorded(r, &rules) {
+                Some(d) => d,
+                None => {
+                    tracing::warn!(reply = %id, rule = ?r.rule, "a replayed reply's rule is no longer loaded; what it had not done is left undone");
+                    return Ok(());
+                }
+            },
+            None => {
+                let d = self.decide(&reply, &text, read.as_ref(), &rules, received_at)?;
+                reply.outcome = d.word().into();
+                reply.rule = d.rule().map(|r| r.name.clone());
+                // Its one record, first: any part of the reaction a crash leaves comes with
+                // it (sled recovers a prefix of its writes), and the store's reply mark stays
+                // at or below it until it is done with, so the next start replays it (see
+                // `Store::open`).
+                self.store.put_reply(&reply)?;
+                d
+            }
+        };
+        if let Some(r) = recorded {
+            (reply.outcome, reply.rule) = (r.outcome, r.rule);
         }
-        let fingerprint = reply.fingerprint();
+        match decision {
+            Decision::Duplicate => {
+                Counters::bump(&self.counters.replies_duplicate);
+                Ok(())
+            }
+            Decision::OptedOut => {
+                self.store.opt_out(&OptOut {
+                    mobile: reply.mobile.clone(),
+                    keyword: text.clone(),
+                    at: now,
+                })?;
+                Counters::bump(&self.counters.opted_out);
+                if let Some(note) = note("opted_out") {
+                    self.store.update_conversation_known(
+                        &note.custom_field,
+                        read.as_ref(),
+                        now,
+                        |c| {
+                            if !note.is_in(c) {
+                                note.apply(c)
+                            }
+                        },
+                    )?;
+                }
+                tracing::info!(reply = %reply.id, mobile = %mask(&reply.mobile), "patient opted out");
+                Ok(())
+            }
+            Decision::OptedIn => {
+                self.store.opt_in(&reply.mobile)?;
+                tracing::info!(reply = %reply.id, mobile = %mask(&reply.mobile), "patient opted back in");
+                Ok(())
+            }
+            Decision::Unhandled | Decision::Handled(_) => {
+                let note = note("reply");
+                let conversation = read.as_ref().and_then(|k| k.conversation.as_ref());
+                if let (Some(note), Some(c)) = (&note, conversation) {
+                    if fresh == Fresh::Replay && note.is_in(c) {
+                        // Its line is its reaction's last write: nothing is left to do.
+                        return Ok(());
+                    }
+                }
+                // A reply stops the no-reply timers of its conversation.
+                if let Some(cf) = &conversation_key {
+                    for key in self.store.due_keys_with_prefix(&format!("noreply|{cf}|"))? {
+                        self.store.cancel_due(&key)?;
+                    }
+                }
+                match decision {
+                    Decision::Handled(rule) => {
+                        self.run_reply_rule(&rule, reply, note, read, fresh, hold, now)
+                    }
+                    _ => {
+                        Counters::bump(&self.counters.replies_unhandled);
+                        if let Some(note) = &note {
+                            self.store.update_conversation_known(
+                                &note.custom_field,
+                                read.as_ref(),
+                                now,
+                                |c| note.apply(c),
+                            )?;
+                        }
+                        tracing::info!(reply = %reply.id, custom_field = ?conversation_key, "reply matched no rule (unhandled)");
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// What becomes of a reply first seen now (or replayed with nothing decided): a duplicate
+    /// within the dedupe window, an opt-out keyword, or the first reply rule that matches.
+    fn decide(
+        &self,
+        reply: &Reply,
+        text: &str,
+        read: Option<&crate::store::KnownConversation>,
+        rules: &crate::rules::RuleSet,
+        received_at: DateTime<Utc>,
+    ) -> Result<Decision, EngineError> {
         let window =
             chrono::Duration::from_std(self.config.webhook.dedupe_window).unwrap_or_default();
+        // The sighting lives in memory and is rebuilt from reply records after a crash: a
+        // replay of this event is never taken for a duplicate of itself (same id).
         if self
             .store
-            .record_reply_sighting(&fingerprint, received_at, id, window)?
+            .record_reply_sighting(&reply.fingerprint(), received_at, &reply.id, window)?
             .is_some()
         {
-            Counters::bump(&self.counters.replies_duplicate);
-            reply.outcome = "duplicate".into();
-            self.store.put_reply(&reply)?;
-            return Ok(());
+            return Ok(Decision::Duplicate);
         }
-        // The reply is written with its outcome last. The sighting just recorded lives in
-        // memory and is rebuilt from reply records after a crash, so a replay of this event
-        // is never taken for a duplicate of itself.
-
         // Opt-out keywords are handled before any rule.
-        let keyword = normalize_keyword(&text);
-        let conversation_key = reply.custom_field.clone();
+        let keyword = normalize_keyword(text);
         if self.opt_out_keywords.stop.contains(&keyword) {
-            self.store.opt_out(&OptOut {
-                mobile: reply.mobile.clone(),
-                keyword: text.clone(),
-                at: now,
-            })?;
-            Counters::bump(&self.counters.opted_out);
-            if let Some(cf) = &conversation_key {
-                self.store.update_conversation(cf, now, |c| {
-                    c.record(now, "opted_out", text.clone(), None)
-                })?;
-            }
-            reply.outcome = "opted_out".into();
-            self.store.put_reply(&reply)?;
-            tracing::info!(reply = %reply.id, mobile = %mask(&reply.mobile), "patient opted out");
-            return Ok(());
+            return Ok(Decision::OptedOut);
         }
         if self.opt_out_keywords.start.contains(&keyword) {
-            self.store.opt_in(&reply.mobile)?;
-            reply.outcome = "opted_in".into();
-            self.store.put_reply(&reply)?;
-            tracing::info!(reply = %reply.id, mobile = %mask(&reply.mobile), "patient opted back in");
-            return Ok(());
+            return Ok(Decision::OptedIn);
         }
+        let state = read
+            .and_then(|k| k.conversation.as_ref())
+            .and_then(|c| c.state.as_deref());
+        Ok(
+            match rules.match_reply(reply.custom_field.as_deref(), text, state) {
+                Some(rule) => Decision::Handled(rule.clone()),
+                None => Decision::Unhandled,
+            },
+        )
+    }
 
-        // A reply stops the no-reply timers of its conversation, and is a line in it: written
-        // with the matched rule's changes to the conversation (one write), or alone below.
-        let (note, conversation, conversation_read) = match &conversation_key {
-            Some(cf) => {
-                for key in self.store.due_keys_with_prefix(&format!("noreply|{cf}|"))? {
-                    self.store.cancel_due(&key)?;
-                }
-                let note = ConversationNote {
-                    custom_field: cf.clone(),
-                    mobile: reply.mobile.clone(),
-                    kind: "reply",
-                    detail: text.clone(),
-                };
-                let read = self.store.read_conversation(cf)?;
-                let mut conversation = read
-                    .conversation
-                    .clone()
-                    .unwrap_or_else(|| Conversation::new(cf, now));
-                note.apply(&mut conversation, now);
-                (Some(note), Some(conversation), Some(read))
-            }
-            None => (None, None, None),
-        };
-        let state = conversation.as_ref().and_then(|c| c.state.clone());
-        let rules = self.rules();
-        let Some(rule) = rules.match_reply(conversation_key.as_deref(), &text, state.as_deref())
-        else {
-            Counters::bump(&self.counters.replies_unhandled);
-            reply.outcome = "unhandled".into();
-            if let Some(note) = &note {
-                self.store.update_conversation_known(
-                    &note.custom_field,
-                    conversation_read.as_ref(),
-                    now,
-                    |c| note.apply(c, now),
-                )?;
-            }
-            self.store.put_reply(&reply)?;
-            tracing::info!(reply = %reply.id, custom_field = ?conversation_key, "reply matched no rule (unhandled)");
-            return Ok(());
-        };
+    /// Runs the reply rule `rule` for `reply` (its record already written): its conversation
+    /// line goes with the rule's changes to the conversation, in one write.
+    #[allow(clippy::too_many_arguments)]
+    fn run_reply_rule(
+        &self,
+        rule: &crate::rules::SharedRule,
+        reply: Reply,
+        note: Option<ConversationNote>,
+        read: Option<crate::store::KnownConversation>,
+        fresh: Fresh,
+        hold: Option<&Arc<Hold>>,
+        now: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
         Counters::bump(&self.counters.replies_matched);
+        let conversation = note.as_ref().map(|note| {
+            let mut c = read
+                .as_ref()
+                .and_then(|k| k.conversation.clone())
+                .unwrap_or_else(|| Conversation::new(&note.custom_field, now));
+            note.apply(&mut c);
+            c
+        });
         let appointment = match conversation.as_ref().and_then(|c| c.appointment_id.clone()) {
             Some(aid) => self.store.get_appointment(&aid)?,
             None => None,
         };
-        reply.outcome = "handled".into();
-        reply.rule = Some(rule.name.clone());
         let mut key = crate::store::reply_occasion(&reply.id, &rule.name);
         if fresh == Fresh::Replay {
             if let Some(old) = self.store.legacy_reply_occasion(&reply.id, &rule.name)? {
@@ -336,18 +416,17 @@ impl Engine {
         let occ = Occasion {
             key,
             appointment,
-            reply: Some(reply.clone()),
-            custom_field: conversation_key,
+            custom_field: reply.custom_field.clone(),
+            reply: Some(reply),
             note,
             conversation,
-            conversation_read,
+            conversation_read: read,
             fresh: fresh == Fresh::Yes,
             hold: hold.cloned(),
             ..Default::default()
         };
-        tracing::info!(reply = %reply.id, custom_field = ?occ.custom_field, rule = %rule.name, "reply matched");
+        tracing::info!(reply = %occ.reply.as_ref().map_or("", |r| r.id.as_str()), custom_field = ?occ.custom_field, rule = %rule.name, "reply matched");
         self.run_actions(rule, &occ, now)?;
-        self.store.put_reply(&reply)?;
         Ok(())
     }
 
@@ -514,6 +593,47 @@ impl OptOutKeywords {
             stop: normalized(&config.stop),
             start: normalized(&config.start),
         }
+    }
+}
+
+/// What a reply's reaction decided, recorded (as its outcome and rule) in its record before
+/// anything else it writes.
+enum Decision {
+    Duplicate,
+    OptedOut,
+    OptedIn,
+    Unhandled,
+    Handled(crate::rules::SharedRule),
+}
+
+impl Decision {
+    /// The reply's outcome word.
+    fn word(&self) -> &'static str {
+        match self {
+            Decision::Duplicate => "duplicate",
+            Decision::OptedOut => "opted_out",
+            Decision::OptedIn => "opted_in",
+            Decision::Unhandled => "unhandled",
+            Decision::Handled(_) => "handled",
+        }
+    }
+
+    fn rule(&self) -> Option<&crate::rules::SharedRule> {
+        match self {
+            Decision::Handled(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The decision recorded in `reply`; `None` when it names a rule no longer loaded.
+    fn recorded(reply: &Reply, rules: &crate::rules::RuleSet) -> Option<Decision> {
+        Some(match reply.outcome.as_str() {
+            "duplicate" => Decision::Duplicate,
+            "opted_out" => Decision::OptedOut,
+            "opted_in" => Decision::OptedIn,
+            "handled" => Decision::Handled(rules.rule(reply.rule.as_deref()?)?.clone()),
+            _ => Decision::Unhandled,
+        })
     }
 }
 

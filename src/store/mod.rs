@@ -20,8 +20,8 @@
 //! - `orphans`: messageId ++ 0 ++ uuid → delivery event for a message not yet known
 //! - `replies`: uuid v7 (text) → [`Reply`] (also the durable trace of the dedupe sightings,
 //!   which live in memory; stores written before kept them in a `reply_seen` tree, now
-//!   unused). A reply reacted to in its request is written first as `received`, standing
-//!   for its webhook body, and again with its outcome last.
+//!   unused). A reply's record is written once, first, with what its reaction decided
+//!   (outcome and rule); one reacted to in its request stands for its webhook body.
 //! - `dead`: uuid v7 → [`DeadLetter`]
 //! - `due`: due_ms ++ key → [`DueEntry`]; `due_keys`: key → due_ms (and in memory, how many
 //!   keys each `kind|subject|` group holds: most prefix look-ups need no scan)
@@ -68,9 +68,14 @@ use tokio::sync::{mpsc, oneshot};
 /// `received`, stands for it, and the `reply_mark` bounds the replies to look at after a
 /// crash (`reply_mark`). An older recuerda would take a `received` record for a finished
 /// reaction, and refuses a version-4 store.
-pub const FORMAT_VERSION: u32 = 4;
+/// 5: a reply's record is written once, first, with what its reaction decided (its outcome
+/// and rule), and every reply from the mark on is replayed at open, completing that decision
+/// (see `engine::react`). A version-4 recuerda would take such a record for a finished
+/// reaction, and refuses a version-5 store; a version-4 store opens as it is (its mark kept,
+/// its `received` records decided when replayed).
+pub const FORMAT_VERSION: u32 = 5;
 /// Older formats this recuerda opens, and upgrades on opening.
-const UPGRADES_FROM: &[u32] = &[1, 2, 3];
+const UPGRADES_FROM: &[u32] = &[1, 2, 3, 4];
 
 /// `meta` key of the reply mark (see `reply_mark`).
 const REPLY_MARK: &str = "reply_mark";
@@ -542,10 +547,13 @@ impl Store {
             Some(v) => {
                 let found = String::from_utf8_lossy(&v).into_owned();
                 if UPGRADES_FROM.iter().any(|old| found == old.to_string()) {
-                    // Older formats wrote a reply's record once, finished; their replies
+                    // Formats 1-3 wrote a reply's record once, finished; their replies
                     // reacted to in part are in the inbox. None to look at before now.
-                    let now = uuid::Uuid::now_v7().as_u128();
-                    meta.insert(REPLY_MARK, &now.to_be_bytes())?;
+                    // Format 4's mark stands.
+                    if found != "4" {
+                        let now = uuid::Uuid::now_v7().as_u128();
+                        meta.insert(REPLY_MARK, &now.to_be_bytes())?;
+                    }
                     meta.insert("format_version", FORMAT_VERSION.to_string().as_bytes())?;
                     db.flush()?;
                 } else if found != FORMAT_VERSION.to_string() {
@@ -1375,8 +1383,10 @@ impl Store {
     }
 
     /// At open: the replies from the reply mark on may have work left from the last run.
-    /// Their hand-offs go to the stored queue, and one still `received` (its reaction cut
-    /// short) goes to the inbox, rebuilt from its record, to be replayed under its id.
+    /// Their hand-offs go to the stored queue, and each goes to the inbox, rebuilt from its
+    /// record, to be replayed under its id: a reply's record is written first, with what its
+    /// reaction decided, so only the replay can tell whether the rest was written (and it
+    /// completes what was not). These are the replies of the last moments before a stop.
     fn recover_unfinished_replies(&self) -> Result<()> {
         let i = &self.inner;
         let mark = match i.meta.get(REPLY_MARK)? {
@@ -1406,7 +1416,7 @@ impl Store {
             };
             highest = highest.max(id.as_u128());
             self.settle_hand_offs_of(&reply.id)?;
-            if !reply.is_done() && !i.inbox.contains_key(id.as_bytes())? {
+            if !i.inbox.contains_key(id.as_bytes())? {
                 let body = crate::provider::webhook::reply_body(
                     &reply.mobile,
                     &reply.message,
@@ -1487,8 +1497,8 @@ impl Store {
     /// the reply it duplicates: a different reply with the same fingerprint seen within `window`
     /// before `at`, if any. A duplicate slides the window but keeps naming the original.
     ///
-    /// Sightings live in memory; their durable trace is the reply records themselves (written
-    /// first as `received`, then with their outcome, duplicates included), from which the first
+    /// Sightings live in memory; their durable trace is the reply records themselves (each
+    /// written first thing, duplicates included), from which the first
     /// call after opening rebuilds the ones still inside the window. So a sighting survives a crash exactly when
     /// its reply's record does — a reply whose record was lost is replayed from the inbox and
     /// is not taken for a duplicate of itself — and a reply costs no sled write for it.
@@ -2371,8 +2381,9 @@ mod tests {
     /// Entries handed off without a queue key are found again through their reply: a store
     /// opened with replies at or above its reply mark puts their pending entries in the stored
     /// queue (a queued one to be sent, one left `sending` to be resolved as cut short),
-    /// replays from the inbox a reply still `received` (its reaction cut short), and leaves
-    /// alone the replies below the mark, which were done with.
+    /// replays from the inbox every reply from the mark on (a format-4 one still `received`
+    /// as well as one whose record says what it decided), and leaves alone the replies below
+    /// the mark, which were done with.
     #[tokio::test]
     async fn replies_left_unfinished_by_a_crash_are_settled_and_replayed_at_open() {
         use crate::message::OutboxKind;
@@ -2439,8 +2450,10 @@ mod tests {
             "done with: left alone"
         );
         let inbox = store.inbox(10).unwrap();
-        assert_eq!(inbox.len(), 1, "only the reply cut short is replayed");
-        assert_eq!(inbox[0].0, cut.to_string());
+        // Both from the mark on: the replay tells whether what `handled` decided was all
+        // written (its conversation line), and completes it if not.
+        let ids: Vec<&str> = inbox.iter().map(|i| i.0.as_str()).collect();
+        assert_eq!(ids, vec![cut.to_string(), handled.to_string()]);
         assert_eq!(inbox[0].1, now);
         match crate::provider::webhook::parse(&inbox[0].2).unwrap() {
             crate::provider::webhook::WebhookEvent::Reply(r) => {

@@ -1,15 +1,15 @@
 //! Which fresh replies may have work left, and the durable mark below which none has.
 //!
 //! A reply reacted to in its request writes no inbox item: its record, written first with
-//! outcome `received`, carries the whole event, and the reaction's other writes follow it in
-//! sled's log. It is *unfinished* from the moment its id is minted until its reaction is
+//! what its reaction decided (outcome and rule), carries the whole event, and the reaction's
+//! other writes follow it in sled's log. It is *unfinished* from the moment its id is minted until its reaction is
 //! written and every entry the reaction handed to the dispatcher is done with (sent, failed
 //! or back in the stored queue). The mark — the lowest unfinished id, or the next id when
 //! none is — is written before each flush: every reply below it is done with, and since sled
 //! recovers a prefix of its log, a mark that survives a crash comes with everything those
 //! replies wrote. So recovery only looks at the replies from the mark on
-//! (`Store::open`: their hand-offs go to the stored queue, and one still `received` is
-//! replayed).
+//! (`Store::open`: their hand-offs go to the stored queue, and each is replayed, completing
+//! what its record says was decided).
 //!
 //! Ids are minted here, under the same lock that notes them unfinished and that computes the
 //! mark, and always above the last one: an id minted after a mark was computed can never be

@@ -924,10 +924,10 @@ async fn a_reply_cut_short_before_the_upgrade_is_replayed_under_its_old_key() {
     t.shutdown().await;
 }
 
-/// A reply's record is the last write of its reaction (with its outcome): an event replayed
-/// from the inbox whose record is there is not reacted to again (no second line in its
-/// conversation, nothing queued twice); one whose record is missing (a crash cut its reaction
-/// short) runs again — as does one still `received` (see the test after).
+/// A reply's record is its reaction's first write (with what it decided), and its line in its
+/// conversation the last: an event replayed from the inbox whose line is there is not reacted
+/// to again (no second line, nothing queued twice); one whose record is missing (a crash cut
+/// its reaction short) runs again — as does one still `received` (see the test after).
 #[tokio::test]
 async fn a_replayed_reply_runs_again_only_if_its_reaction_was_cut_short() {
     let t = spawn_app(RULES, sim_config(), |_| {}).await;
@@ -971,9 +971,10 @@ async fn a_replayed_reply_runs_again_only_if_its_reaction_was_cut_short() {
     t.shutdown().await;
 }
 
-/// A reply reacted to in its request writes its record first, as `received`, and no inbox
-/// item: when a crash cuts its reaction short, the next start finds the record at or above
-/// the store's reply mark and replays it under its id, once — a further restart adds nothing.
+/// A reply reacted to in its request writes its record first and no inbox item: when a crash
+/// cuts its reaction short, the next start finds the record at or above the store's reply
+/// mark and replays it under its id, once — a further restart adds nothing. Here the record is
+/// a format-4 one, still `received`: the replay decides.
 #[tokio::test]
 async fn a_reply_a_crash_cut_short_after_its_first_write_is_replayed_once() {
     let mut t = spawn_app(RULES, sim_config(), |_| {}).await;
@@ -1017,6 +1018,92 @@ async fn a_reply_a_crash_cut_short_after_its_first_write_is_replayed_once() {
     assert_eq!(engine.store.inbox_depth(), 0);
     assert_eq!(reply_lines(engine, "cita-Z9"), ["1"], "not replayed again");
     assert_eq!(entries_of(engine, "cita-Z9"), 1);
+    t.shutdown().await;
+}
+
+/// A replay completes what the reply's first run decided (the rule in its record) instead of
+/// matching again: that run may have changed the conversation's state before a crash (as a
+/// `notify` writes the changes before it), and a new match would pick the rule for the new
+/// state and send a second, different message.
+#[tokio::test]
+async fn a_replayed_reply_completes_the_rule_it_recorded_instead_of_matching_again() {
+    let rules = r#"
+rules:
+  - name: confirma
+    trigger:
+      reply: {custom_field: "cita-*", text: "^1$", state: esperando}
+    actions:
+      - set_state: confirmada
+      - send: {template: 991}
+  - name: ya-confirmada
+    trigger:
+      reply: {custom_field: "cita-*", text: "^1$", state: confirmada}
+    actions:
+      - send: {template: 996}
+"#;
+    let mut t = spawn_app(rules, sim_config(), |_| {}).await;
+    t.stop_engine().await;
+    let store = recuerda::store::Store::open(&t.config.data_dir).unwrap();
+    let now = chrono::Utc::now();
+    let id = store.begin_reply();
+    store
+        .put_reply(&recuerda::conversation::Reply {
+            id: id.to_string(),
+            mobile: "573001110010".into(),
+            message: "1".into(),
+            custom_field: Some("cita-Z10".into()),
+            received_at: now,
+            rule: Some("confirma".into()),
+            outcome: "handled".into(),
+        })
+        .unwrap();
+    // What the first run wrote before the crash: the state, not yet its line.
+    store
+        .update_conversation("cita-Z10", now, |c| {
+            c.state = Some("confirmada".into());
+        })
+        .unwrap();
+    store.durable().await.unwrap();
+    drop(store);
+    t.start_engine().await;
+    let engine = &t.app().engine;
+    eventually("the replayed reply's line", || async {
+        (reply_lines(engine, "cita-Z10") == ["1"]).then_some(())
+    })
+    .await;
+    let sends: Vec<(String, Option<u32>)> = engine
+        .store
+        .outbox_entries()
+        .map(Result::unwrap)
+        .filter(|e| e.custom_field.as_deref() == Some("cita-Z10"))
+        .map(|e| (e.rule, e.template_id))
+        .collect();
+    assert_eq!(sends.len(), 1, "{sends:?}");
+    assert_eq!(sends[0].0, "confirma", "the recorded rule, not a new match");
+    let record = engine.store.get_reply(&id.to_string()).unwrap().unwrap();
+    assert_eq!(
+        (record.outcome.as_str(), record.rule.as_deref()),
+        ("handled", Some("confirma"))
+    );
+
+    t.stop_engine().await;
+    t.start_engine().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let engine = &t.app().engine;
+    assert_eq!(
+        reply_lines(engine, "cita-Z10"),
+        ["1"],
+        "complete: not replayed again"
+    );
+    assert_eq!(
+        engine
+            .store
+            .outbox_entries()
+            .map(Result::unwrap)
+            .filter(|e| e.custom_field.as_deref() == Some("cita-Z10"))
+            .count(),
+        1
+    );
     t.shutdown().await;
 }
 
