@@ -7,7 +7,7 @@ use crate::appointment::{Appointment, AppointmentStatus};
 use crate::conversation::{Conversation, Reply};
 use crate::message::{OutboxEntry, OutboxKind};
 use crate::rules::{Action, AppointmentChange, Rule, Trigger};
-use crate::store::Fired;
+use crate::store::{Fired, KnownEntry};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -37,9 +37,13 @@ pub(crate) struct Occasion {
     /// The occasion's key names an event first seen now (a fresh reply's id): it cannot have
     /// fired or queued anything yet, so those reads are skipped.
     pub fresh: bool,
-    /// The webhook's held inbox item: due sends are handed off without a stored queue key,
-    /// the item standing for them (see `handoff`).
+    /// The reply whose reaction this is, unfinished until its hand-offs are done with: due
+    /// sends are handed off unwritten, the reply standing for them (see `handoff`).
     pub hold: Option<Arc<Hold>>,
+    /// A replay that found its trigger's line: everything the first run wrote itself is
+    /// there (`ConversationNote::is_in`), only the sends it handed off may never have been
+    /// written. Those are written (in the stored queue), and nothing else is done again.
+    pub complete: bool,
 }
 
 /// A trigger's line in a conversation: who wrote what, and when it arrived.
@@ -158,14 +162,16 @@ impl Engine {
         }
         let rules = self.rules();
         let first_ctx = self.context(occ, None, occ.conversation.as_ref(), now)?;
-        if !rule.conditions_hold(&first_ctx) {
-            edits.finish(self, occ.note.as_ref(), &rule.name, now)?;
+        // A completing replay's first run passed them: had they failed, it would have
+        // recorded so before its line, and the `fired` look above would have stopped here.
+        if !occ.complete && !rule.conditions_hold(&first_ctx) {
             self.record_fired(
                 &rule.name,
                 &occ.key,
                 "skipped: `where` conditions not met".into(),
                 now,
             )?;
+            edits.finish(self, occ.note.as_ref(), &rule.name, now)?;
             return Ok(Ran::ConditionsNotMet);
         }
         let mut conversation_key = occ.custom_field.clone();
@@ -175,6 +181,9 @@ impl Engine {
         // (`occ.conversation`) is stale: contexts read the conversation again.
         let mut edits_written = false;
         for (index, action) in rule.actions.iter().enumerate() {
+            if occ.complete && !matches!(action, Action::Send(_)) {
+                continue;
+            }
             let entry_key = format!("{}#{index}", occ.key);
             match action {
                 Action::Send(send) => {
@@ -212,10 +221,18 @@ impl Engine {
                     );
                     let added = if occ.fresh {
                         let due = entry.not_before <= now;
-                        entry.handed_off = due && occ.hold.is_some();
-                        let known = self.store.enqueue_new(entry)?;
-                        if due {
-                            self.hand_off(known, occ.hold.clone());
+                        match &occ.hold {
+                            // Written by the dispatcher, already `sending` (see `handoff`).
+                            Some(hold) if due => {
+                                entry.handed_off = true;
+                                self.hand_off(KnownEntry::unwritten(entry), Some(hold.clone()));
+                            }
+                            _ => {
+                                let known = self.store.enqueue_new(entry)?;
+                                if due {
+                                    self.hand_off(known, None);
+                                }
+                            }
                         }
                         true
                     } else {
@@ -223,6 +240,9 @@ impl Engine {
                     };
                     if added {
                         queued += 1;
+                    }
+                    // A completing replay's first run wrote its line (`queued`).
+                    if added && !occ.complete {
                         let mobile = appointment
                             .as_ref()
                             .map(|a| a.mobile.clone())

@@ -269,7 +269,7 @@ impl Engine {
     /// it is dropped here, and the hold puts it in the stored queue once released.
     pub(crate) fn hand_off(&self, known: KnownEntry, hold: Option<Arc<Hold>>) {
         if let Some(h) = &hold {
-            h.cover(&known.entry.key);
+            h.cover(&known.entry);
         }
         let mut handed = self.handed_off.lock().unwrap_or_else(|e| e.into_inner());
         // While sending is paused or stopped, a hand-off would keep its reply unfinished (and
@@ -341,10 +341,19 @@ impl Engine {
     async fn dispatch_send(&self, known: KnownEntry) -> Result<bool, EngineError> {
         let entry = &known.entry;
         let now = self.clock.now();
+        // A hand-off not written yet that does not leave now is written as it is first.
+        let written = |known: &KnownEntry| -> Result<Option<KnownEntry>, EngineError> {
+            if known.is_written() {
+                return Ok(Some(known.clone()));
+            }
+            // Already there (a replay of its reply wrote it): read back by the update.
+            Ok(self.store.enqueue_known(known.entry.clone())?)
+        };
         let prepared = match self.prepare_send(entry, now)? {
             Ok(p) => p,
             Err(final_outcome) => {
-                self.record_outcome(entry, Some(&known), final_outcome, None)?;
+                let known = written(&known)?;
+                self.record_outcome(entry, known.as_ref(), final_outcome, None)?;
                 return Ok(true);
             }
         };
@@ -352,9 +361,10 @@ impl Engine {
         // Quiet hours are checked again now: the entry may have waited.
         let allowed = self.after_quiet_hours(now);
         if allowed > now {
+            let known = written(&known)?;
             self.record_outcome(
                 entry,
-                Some(&known),
+                known.as_ref(),
                 Outcome::Requeue {
                     at: allowed,
                     reason: "quiet hours: waits for the end of the window".into(),
@@ -373,7 +383,7 @@ impl Engine {
             .as_ref()
             .map(|c| c.as_str().to_string());
         let template = request.template.0;
-        let marked = self.store.update_known(&entry.key, Some(&known), |e| {
+        let mut mark = |e: &mut OutboxEntry| {
             // Only a queued entry that is due leaves: a stale copy (a hand-off that a scan
             // dispatched, failed and requeued meanwhile) must not jump its retry's wait.
             if e.status != MessageStatus::Queued || e.not_before > now {
@@ -389,7 +399,21 @@ impl Engine {
                 e.custom_field = custom_field.clone();
             }
             true
-        })?;
+        };
+        let marked = if known.is_written() {
+            self.store
+                .update_known(&entry.key, Some(&known), &mut mark)?
+        } else {
+            // A reaction's hand-off, written for the first time here, already `sending`.
+            let mut first = known.entry.clone();
+            match mark(&mut first).then(|| self.store.enqueue_known(first)) {
+                Some(Ok(Some(k))) => Some(k),
+                // A replay of its reply wrote it meanwhile: that record decides.
+                Some(Ok(None)) => self.store.update_known(&entry.key, None, &mut mark)?,
+                Some(Err(e)) => return Err(e.into()),
+                None => None,
+            }
+        };
         let Some(marked) = marked else {
             // Not queued and due: a hand-off not due yet stays one, for its hold to settle.
             return Ok(false);

@@ -1,12 +1,15 @@
 //! Entries a reaction hands straight to the dispatcher, and the reply that stands for them in
 //! the store while they are pending.
 //!
-//! A fresh reply's due sends are queued without a key in the stored queue (`handed_off`):
-//! that key's write and removal were a sixth of a reply's store work. Their recovery path is
-//! instead the reply itself: it stays unfinished (`Store::begin_reply`), holding the store's
-//! reply mark at or below it, until every entry handed off is done with, and a store opened
-//! with it at or above the mark puts those entries in the stored queue (`Store::open`).
+//! A fresh reply's due sends are not written by its reaction at all: the dispatcher writes
+//! each for the first time already `sending` (a queued write, a queue key and its removal
+//! saved). Their recovery path is instead the reply itself: it stays unfinished
+//! (`Store::begin_reply`), holding the store's reply mark at or below it, until every entry
+//! handed off is done with, and a store opened with it at or above the mark puts those
+//! written in the stored queue and replays the reply, which writes those never written
+//! (`Store::open`, `engine::react`).
 
+use crate::message::OutboxEntry;
 use crate::store::{KnownEntry, Store};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -24,7 +27,8 @@ pub(crate) struct HandOff {
 pub(crate) struct Hold {
     store: Store,
     reply_id: uuid::Uuid,
-    keys: Mutex<Vec<String>>,
+    /// Handed off and not yet done with: written by the dispatcher, or not at all.
+    entries: Mutex<Vec<OutboxEntry>>,
     /// Its reaction failed and its body could not be queued for a retry: left unfinished,
     /// it is replayed by the next start.
     keep: AtomicBool,
@@ -36,7 +40,7 @@ impl Hold {
         Hold {
             reply_id: store.begin_reply(),
             store: store.clone(),
-            keys: Mutex::default(),
+            entries: Mutex::default(),
             keep: AtomicBool::new(false),
         }
     }
@@ -50,20 +54,21 @@ impl Hold {
         self.reply_id
     }
 
-    /// Notes entry `key` as handed off under this hold.
-    pub fn cover(&self, key: &str) {
-        self.keys
+    /// Notes `entry` as handed off under this hold (a copy: the hold writes it in the stored
+    /// queue if the dispatcher never does).
+    pub fn cover(&self, entry: &OutboxEntry) {
+        self.entries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(key.to_string());
+            .push(entry.clone());
     }
 
     /// Entry `key` is done with as a hand-off (out of the queue, or back in the stored one):
     /// nothing left to check when the hold is released.
     pub fn settled(&self, key: &str) {
-        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(at) = keys.iter().position(|k| k == key) {
-            keys.swap_remove(at);
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = entries.iter().position(|e| e.key == key) {
+            entries.swap_remove(at);
         }
     }
 }
@@ -78,10 +83,10 @@ impl std::fmt::Debug for Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        let keys = std::mem::take(self.keys.get_mut().unwrap_or_else(|e| e.into_inner()));
-        match keys
+        let entries = std::mem::take(self.entries.get_mut().unwrap_or_else(|e| e.into_inner()));
+        match entries
             .iter()
-            .try_for_each(|k| self.store.settle_hand_off(k).map(drop))
+            .try_for_each(|e| self.store.settle_hand_off_entry(e).map(drop))
         {
             // A panic in the reaction may have left it half-done: unfinished, the next start
             // replays it.
@@ -103,16 +108,17 @@ mod tests {
     use crate::message::{MessageStatus, OutboxEntry, OutboxKind};
     use chrono::{DateTime, Utc};
 
-    fn handed_off(store: &Store, reply: &str, rule: &str, now: DateTime<Utc>) -> String {
+    /// A reaction's hand-off, as it covers it: not written (the dispatcher writes it).
+    fn handed_off(reply: &str, rule: &str, now: DateTime<Utc>) -> OutboxEntry {
         let key = format!("{}#0", crate::store::reply_occasion(reply, rule));
-        let mut e = OutboxEntry::queued(key.clone(), OutboxKind::Send, rule, 0, now);
+        let mut e = OutboxEntry::queued(key, OutboxKind::Send, rule, 0, now);
         e.handed_off = true;
-        store.enqueue_new(e).unwrap();
-        key
+        e
     }
 
     /// Released, a hold puts its entries still pending in the stored queue (one the
-    /// dispatcher never took: the shortcut was full, or it stopped) and finishes its reply.
+    /// dispatcher never took: the shortcut was full, or it stopped — never written — or one
+    /// it wrote and did not send) and finishes its reply.
     #[tokio::test]
     async fn a_released_hold_queues_what_is_left_and_finishes_its_reply() {
         let dir = tempfile::tempdir().unwrap();
@@ -122,23 +128,28 @@ mod tests {
         let hold = Hold::begin(&store);
         let id = hold.reply_id().to_string();
         assert_eq!(store.unfinished_replies(), 1);
-        let (left, sent) = (
-            handed_off(&store, &id, "a", now),
-            handed_off(&store, &id, "b", now),
+        let (never, left, sent) = (
+            handed_off(&id, "a", now),
+            handed_off(&id, "b", now),
+            handed_off(&id, "c", now),
         );
-        hold.cover(&left);
-        hold.cover(&sent);
-        store
-            .update_entry(&sent, |e| {
-                e.status = MessageStatus::Sent;
-                true
-            })
-            .unwrap();
+        for e in [&never, &left, &sent] {
+            hold.cover(e);
+        }
+        store.enqueue_new(left.clone()).unwrap();
+        let mut done = sent.clone();
+        done.status = MessageStatus::Sent;
+        store.enqueue_new(done).unwrap();
         assert!(store.due_outbox_keys(now).is_empty(), "handed off");
+        assert!(store.get_entry(&never.key).unwrap().is_none());
         drop(hold);
-        assert_eq!(store.due_outbox_keys(now), vec![left]);
         assert_eq!(
-            store.get_entry(&sent).unwrap().unwrap().status,
+            store.due_outbox_keys(now),
+            vec![never.key.clone(), left.key.clone()]
+        );
+        assert!(!store.get_entry(&never.key).unwrap().unwrap().handed_off);
+        assert_eq!(
+            store.get_entry(&sent.key).unwrap().unwrap().status,
             MessageStatus::Sent
         );
         assert_eq!(store.unfinished_replies(), 0);

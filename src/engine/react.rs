@@ -307,21 +307,23 @@ impl Engine {
             Decision::Unhandled | Decision::Handled(_) => {
                 let note = note("reply");
                 let conversation = read.as_ref().and_then(|k| k.conversation.as_ref());
-                if let (Some(note), Some(c)) = (&note, conversation) {
-                    if fresh == Fresh::Replay && note.is_in(c) {
-                        // Its line is its reaction's last write: nothing is left to do.
-                        return Ok(());
-                    }
+                // Its line is its reaction's last write of its own: all the rest is there but
+                // for the sends it handed off, which the dispatcher may never have written.
+                let complete = fresh == Fresh::Replay
+                    && matches!((&note, conversation), (Some(n), Some(c)) if n.is_in(c));
+                if complete && matches!(decision, Decision::Unhandled) {
+                    return Ok(());
                 }
                 // A reply stops the no-reply timers of its conversation.
-                if let Some(cf) = &conversation_key {
+                if let (Some(cf), false) = (&conversation_key, complete) {
                     for key in self.store.due_keys_with_prefix(&format!("noreply|{cf}|"))? {
                         self.store.cancel_due(&key)?;
                     }
                 }
                 match decision {
                     Decision::Handled(rule) => {
-                        self.run_reply_rule(&rule, reply, note, read, fresh, hold, now)
+                        let note = note.filter(|_| !complete);
+                        self.run_reply_rule(&rule, reply, note, read, fresh, complete, hold, now)
                     }
                     _ => {
                         Counters::bump(&self.counters.replies_unhandled);
@@ -391,16 +393,20 @@ impl Engine {
         note: Option<ConversationNote>,
         read: Option<crate::store::KnownConversation>,
         fresh: Fresh,
+        complete: bool,
         hold: Option<&Arc<Hold>>,
         now: DateTime<Utc>,
     ) -> Result<(), EngineError> {
         Counters::bump(&self.counters.replies_matched);
-        let conversation = note.as_ref().map(|note| {
+        // As its line leaves it (a completing replay's has it already).
+        let conversation = reply.custom_field.as_ref().map(|cf| {
             let mut c = read
                 .as_ref()
                 .and_then(|k| k.conversation.clone())
-                .unwrap_or_else(|| Conversation::new(&note.custom_field, now));
-            note.apply(&mut c);
+                .unwrap_or_else(|| Conversation::new(cf, now));
+            if let Some(note) = &note {
+                note.apply(&mut c);
+            }
             c
         });
         let appointment = match conversation.as_ref().and_then(|c| c.appointment_id.clone()) {
@@ -423,6 +429,7 @@ impl Engine {
             conversation_read: read,
             fresh: fresh == Fresh::Yes,
             hold: hold.cloned(),
+            complete,
             ..Default::default()
         };
         tracing::info!(reply = %occ.reply.as_ref().map_or("", |r| r.id.as_str()), custom_field = ?occ.custom_field, rule = %rule.name, "reply matched");

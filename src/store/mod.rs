@@ -270,10 +270,25 @@ pub struct Store {
 /// An outbox entry with the stored bytes it was read from. [`Store::update_known`] takes it
 /// and, when the record still holds those bytes, skips decoding them again: the dispatcher
 /// updates each entry twice (`sending`, then its outcome) right after reading it.
+///
+/// Or an entry not written yet ([`KnownEntry::unwritten`]): a reaction's due send handed to
+/// the dispatcher, which writes it for the first time already `sending`
+/// ([`Store::enqueue_known`]), one write fewer than queued-then-`sending`.
 #[derive(Debug, Clone)]
 pub struct KnownEntry {
     pub entry: OutboxEntry,
-    raw: sled::IVec,
+    /// `None`: not written yet.
+    raw: Option<sled::IVec>,
+}
+
+impl KnownEntry {
+    pub fn unwritten(entry: OutboxEntry) -> KnownEntry {
+        KnownEntry { entry, raw: None }
+    }
+
+    pub fn is_written(&self) -> bool {
+        self.raw.is_some()
+    }
 }
 
 struct Inner {
@@ -792,8 +807,58 @@ impl Store {
     /// now): the read that asks whether it exists is skipped. Returns the entry with its
     /// stored bytes, for the dispatcher to take without reading it back.
     pub fn enqueue_new(&self, entry: OutboxEntry) -> Result<KnownEntry> {
-        let raw = self.enqueue_checked(&entry, false)?.unwrap_or_default();
+        let raw = self.enqueue_checked(&entry, false)?;
         Ok(KnownEntry { entry, raw })
+    }
+
+    /// [`Store::enqueue`] for an entry almost surely new (a reaction's hand-off, written by
+    /// the dispatcher): one compare-and-swap instead of a read and a write. Returns the entry
+    /// with its stored bytes; `None` if it was there (its index keys that the stored entry
+    /// does not have are taken back).
+    pub fn enqueue_known(&self, entry: OutboxEntry) -> Result<Option<KnownEntry>> {
+        let i = &self.inner;
+        let ekey = cat(&[b"e", entry.key.as_bytes()]);
+        let _held = i.lock(&ekey);
+        let none = Indexed {
+            status: MessageStatus::Sent,
+            not_before: entry.not_before,
+            mobile: None,
+            handed_off: false,
+        };
+        // Index keys before the entry: the entry is the commit point (see the module doc).
+        let added = index_keys_added(&entry.key, &none, &entry);
+        for k in &added {
+            i.outbox.insert(k.as_slice(), &[])?;
+        }
+        let raw = sled::IVec::from(entry.encode());
+        match i
+            .outbox
+            .compare_and_swap(&ekey, None::<&[u8]>, Some(raw.clone()))?
+        {
+            Ok(()) => {
+                if entry.status == MessageStatus::Queued {
+                    i.queued.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Some(KnownEntry {
+                    entry,
+                    raw: Some(raw),
+                }))
+            }
+            Err(cas) => {
+                let theirs = match cas.current {
+                    Some(bytes) => index_keys_added(
+                        &entry.key,
+                        &none,
+                        &decode_entry(entry.key.as_bytes(), &bytes)?,
+                    ),
+                    None => Vec::new(),
+                };
+                for k in added.iter().filter(|k| !theirs.contains(k)) {
+                    i.outbox.remove(k.as_slice())?;
+                }
+                Ok(None)
+            }
+        }
     }
 
     /// Writes `entry` (unless `check` finds it there already: `None`); returns its bytes.
@@ -829,7 +894,7 @@ impl Store {
         match self.inner.outbox.get(cat(&[b"e", key.as_bytes()]))? {
             Some(raw) => Ok(Some(KnownEntry {
                 entry: decode_entry(key.as_bytes(), &raw)?,
-                raw,
+                raw: Some(raw),
             })),
             None => Ok(None),
         }
@@ -864,7 +929,10 @@ impl Store {
         // the caller's copy is still what is stored, one compare-and-swap checks that and
         // writes (one traversal of the tree instead of a read and a write).
         let mut stored = None;
-        if let Some(k) = known.filter(|k| k.entry.key == key) {
+        if let Some((k, known_raw)) = known
+            .filter(|k| k.entry.key == key)
+            .and_then(|k| Some((k, k.raw.as_ref()?)))
+        {
             let old = Indexed::of(&k.entry);
             let mut new = k.entry.clone();
             // A `false` from a copy that may be stale proves nothing: the path below asks
@@ -876,11 +944,14 @@ impl Store {
                 let raw = sled::IVec::from(new.encode());
                 match i
                     .outbox
-                    .compare_and_swap(&ekey, Some(&k.raw), Some(raw.clone()))?
+                    .compare_and_swap(&ekey, Some(known_raw), Some(raw.clone()))?
                 {
                     Ok(()) => {
                         self.after_entry_write(key, &old, &new)?;
-                        return Ok(Some(KnownEntry { entry: new, raw }));
+                        return Ok(Some(KnownEntry {
+                            entry: new,
+                            raw: Some(raw),
+                        }));
                     }
                     Err(cas) => match cas.current {
                         Some(current) => stored = Some(current),
@@ -897,7 +968,7 @@ impl Store {
             },
         };
         let mut new: OutboxEntry = match known {
-            Some(k) if k.entry.key == key && k.raw == bytes => k.entry.clone(),
+            Some(k) if k.entry.key == key && k.raw.as_ref() == Some(&bytes) => k.entry.clone(),
             _ => decode_entry(key.as_bytes(), &bytes)?,
         };
         let old = Indexed::of(&new);
@@ -913,7 +984,10 @@ impl Store {
         let raw = sled::IVec::from(new.encode());
         i.outbox.insert(ekey, raw.clone())?;
         self.after_entry_write(key, &old, &new)?;
-        Ok(Some(KnownEntry { entry: new, raw }))
+        Ok(Some(KnownEntry {
+            entry: new,
+            raw: Some(raw),
+        }))
     }
 
     /// What follows an entry's write from `old` to `new`: its old index keys go, and the
@@ -1441,6 +1515,18 @@ impl Store {
             .scan_prefix(cat(&[b"e", old.as_bytes(), b"#"]));
         let found = entries.next().transpose()?.is_some() || self.fired(&old)?.is_some();
         Ok(found.then_some(old))
+    }
+
+    /// [`Store::settle_hand_off`] for a hand-off that may never have been written (the
+    /// dispatcher writes a reaction's hand-off for the first time as `sending`): one it did
+    /// not take is written now, in the stored queue.
+    pub fn settle_hand_off_entry(&self, entry: &OutboxEntry) -> Result<bool> {
+        if self.settle_hand_off(&entry.key)? {
+            return Ok(true);
+        }
+        let mut queued = entry.clone();
+        queued.handed_off = false;
+        self.enqueue(&queued)
     }
 
     /// Puts handed-off entry `key`, if still pending, in the stored queue; whether it was.
@@ -2036,6 +2122,40 @@ mod tests {
             .map(|e| e.unwrap().key)
             .collect();
         assert_eq!(in_flight, ["k"]);
+    }
+
+    /// The dispatcher's first write of a hand-off: written once, `sending` and out of the
+    /// stored queue, listed under its mobile; a second first write (a replay wrote it
+    /// meanwhile) changes nothing and leaves no index key behind.
+    #[tokio::test]
+    async fn a_hand_off_written_first_by_the_dispatcher_is_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+        let mut e =
+            OutboxEntry::queued("h#0".into(), crate::message::OutboxKind::Send, "r", 0, now);
+        e.handed_off = true;
+        e.status = MessageStatus::Sending;
+        e.mobile = Some("573001112233".into());
+        let known = store.enqueue_known(e.clone()).unwrap().unwrap();
+        assert!(known.is_written());
+        assert_eq!(store.get_entry("h#0").unwrap().unwrap(), e);
+        assert!(
+            store.due_outbox_keys(now).is_empty(),
+            "handed off: no queue key"
+        );
+        let listed = |m: &str| store.entries_for_mobile(m).count();
+        assert_eq!(listed("573001112233"), 1);
+
+        let mut other = e.clone();
+        other.mobile = Some("573009998877".into());
+        other.status = MessageStatus::Queued;
+        other.handed_off = false;
+        assert!(store.enqueue_known(other).unwrap().is_none());
+        assert_eq!(store.get_entry("h#0").unwrap().unwrap(), e, "unchanged");
+        assert_eq!(listed("573009998877"), 0, "its index keys taken back");
+        assert!(store.due_outbox_keys(now).is_empty());
+        assert_eq!(listed("573001112233"), 1);
     }
 
     #[tokio::test]

@@ -1107,6 +1107,69 @@ rules:
     t.shutdown().await;
 }
 
+/// A reply's due send is written by the dispatcher, for the first time as `sending`: a crash
+/// after the reaction's own writes (its line in its conversation last) and before that leaves
+/// the send unwritten. The next start replays the reply, which finds its line, so does
+/// nothing again but write that send (in the stored queue): sent once, one line.
+#[tokio::test]
+async fn a_replay_writes_the_send_its_reply_handed_off_and_nothing_else_again() {
+    let mut t = spawn_app(RULES, sim_config(), |_| {}).await;
+    t.stop_engine().await;
+    let store = recuerda::store::Store::open(&t.config.data_dir).unwrap();
+    let now = chrono::Utc::now();
+    let id = store.begin_reply();
+    store
+        .put_reply(&recuerda::conversation::Reply {
+            id: id.to_string(),
+            mobile: "573001110011".into(),
+            message: "1".into(),
+            custom_field: Some("cita-Z11".into()),
+            received_at: now,
+            rule: Some("confirma".into()),
+            outcome: "handled".into(),
+        })
+        .unwrap();
+    // The reaction's last write: its state and its line (its send handed off, unwritten).
+    store
+        .update_conversation("cita-Z11", now, |c| {
+            c.mobile = Some("573001110011".into());
+            c.state = Some("confirmada".into());
+            c.record(now, "reply", "1".into(), None);
+            c.record(
+                now,
+                "queued",
+                "template 991 queued".into(),
+                Some("confirma"),
+            );
+        })
+        .unwrap();
+    store.durable().await.unwrap();
+    drop(store);
+    t.start_engine().await;
+    let engine = &t.app().engine;
+    eventually("the handed-off send, written by the replay", || async {
+        (entries_of(engine, "cita-Z11") == 1).then_some(())
+    })
+    .await;
+    let conv = engine.store.get_conversation("cita-Z11").unwrap().unwrap();
+    // (Then the send's own outcome: this template needs an appointment.)
+    let kinds: Vec<&str> = conv.history.iter().map(|h| h.kind.as_str()).collect();
+    assert_eq!(kinds[..2], ["reply", "queued"], "nothing written again");
+    assert!(
+        kinds[2..].iter().all(|k| ["sent", "refused"].contains(k)),
+        "{kinds:?}"
+    );
+    assert_eq!(engine.store.inbox_depth(), 0);
+
+    t.stop_engine().await;
+    t.start_engine().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let engine = &t.app().engine;
+    assert_eq!(entries_of(engine, "cita-Z11"), 1, "written once");
+    assert_eq!(reply_lines(engine, "cita-Z11"), ["1"]);
+    t.shutdown().await;
+}
+
 /// A send whose template reads the conversation gets it as it stands at send time (the
 /// dispatcher reads the conversation only for such sends).
 #[tokio::test]
