@@ -63,7 +63,10 @@ impl ConversationNote {
         if c.mobile.is_none() {
             c.mobile = Some(self.mobile.clone());
         }
+        let updated = c.updated_at;
         c.record(self.at, self.kind, self.detail.clone(), None);
+        // Timed at its arrival, the line may be older than the last change.
+        c.updated_at = c.updated_at.max(updated);
     }
 
     /// Whether `c` already has this line. A reaction writes its trigger's line with its
@@ -162,9 +165,9 @@ impl Engine {
         }
         let rules = self.rules();
         let first_ctx = self.context(occ, None, occ.conversation.as_ref(), now)?;
-        // A completing replay's first run passed them: had they failed, it would have
-        // recorded so before its line, and the `fired` look above would have stopped here.
-        if !occ.complete && !rule.conditions_hold(&first_ctx) {
+        // A reply's rule was chosen with its `where` (`react::match_rule`) and recorded: a
+        // replay must not ask again, its first run's writes may have changed the answer.
+        if occ.reply.is_none() && !rule.conditions_hold(&first_ctx) {
             self.record_fired(
                 &rule.name,
                 &occ.key,
@@ -180,6 +183,11 @@ impl Engine {
         // Once a notify has written the gathered edits, the trigger's view of its conversation
         // (`occ.conversation`) is stale: contexts read the conversation again.
         let mut edits_written = false;
+        // A due send handed off unwritten is written by the dispatcher; its `queued` line
+        // rides with the occasion's last conversation write. A `notify` writes the lines
+        // before it earlier: a replay after that write would find such a send missing and
+        // write its line again, so a rule with one writes its sends itself.
+        let unwritten = !rule.actions.iter().any(|a| matches!(a, Action::Notify(_)));
         for (index, action) in rule.actions.iter().enumerate() {
             if occ.complete && !matches!(action, Action::Send(_)) {
                 continue;
@@ -223,9 +231,14 @@ impl Engine {
                         let due = entry.not_before <= now;
                         match &occ.hold {
                             // Written by the dispatcher, already `sending` (see `handoff`).
-                            Some(hold) if due => {
+                            Some(hold) if due && unwritten => {
                                 entry.handed_off = true;
                                 self.hand_off(KnownEntry::unwritten(entry), Some(hold.clone()));
+                            }
+                            Some(hold) if due => {
+                                entry.handed_off = true;
+                                let known = self.store.enqueue_new(entry)?;
+                                self.hand_off(known, Some(hold.clone()));
                             }
                             _ => {
                                 let known = self.store.enqueue_new(entry)?;

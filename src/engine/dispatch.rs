@@ -341,19 +341,22 @@ impl Engine {
     async fn dispatch_send(&self, known: KnownEntry) -> Result<bool, EngineError> {
         let entry = &known.entry;
         let now = self.clock.now();
-        // A hand-off not written yet that does not leave now is written as it is first.
+        // A hand-off not written yet that does not leave now is written as it is first. One
+        // found written already (a replay of its reply wrote it, in the stored queue) is that
+        // record's: this copy is done with, and stale.
         let written = |known: &KnownEntry| -> Result<Option<KnownEntry>, EngineError> {
             if known.is_written() {
                 return Ok(Some(known.clone()));
             }
-            // Already there (a replay of its reply wrote it): read back by the update.
             Ok(self.store.enqueue_known(known.entry.clone())?)
         };
         let prepared = match self.prepare_send(entry, now)? {
             Ok(p) => p,
             Err(final_outcome) => {
-                let known = written(&known)?;
-                self.record_outcome(entry, known.as_ref(), final_outcome, None)?;
+                let Some(known) = written(&known)? else {
+                    return Ok(true);
+                };
+                self.record_outcome(entry, Some(&known), final_outcome, None)?;
                 return Ok(true);
             }
         };
@@ -361,10 +364,12 @@ impl Engine {
         // Quiet hours are checked again now: the entry may have waited.
         let allowed = self.after_quiet_hours(now);
         if allowed > now {
-            let known = written(&known)?;
+            let Some(known) = written(&known)? else {
+                return Ok(true);
+            };
             self.record_outcome(
                 entry,
-                known.as_ref(),
+                Some(&known),
                 Outcome::Requeue {
                     at: allowed,
                     reason: "quiet hours: waits for the end of the window".into(),
@@ -408,8 +413,9 @@ impl Engine {
             let mut first = known.entry.clone();
             match mark(&mut first).then(|| self.store.enqueue_known(first)) {
                 Some(Ok(Some(k))) => Some(k),
-                // A replay of its reply wrote it meanwhile: that record decides.
-                Some(Ok(None)) => self.store.update_known(&entry.key, None, &mut mark)?,
+                // A replay of its reply wrote it meanwhile, in the stored queue, which sends
+                // it: this copy is stale.
+                Some(Ok(None)) => return Ok(true),
                 Some(Err(e)) => return Err(e.into()),
                 None => None,
             }

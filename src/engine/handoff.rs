@@ -73,6 +73,18 @@ impl Hold {
     }
 }
 
+/// Held by a reaction while it runs: a panic in it leaves its reply unfinished even when the
+/// dispatcher, holding the reply's hand-offs, releases the hold last.
+pub(crate) struct KeepOnPanic(pub std::sync::Arc<Hold>);
+
+impl Drop for KeepOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.keep_unfinished();
+        }
+    }
+}
+
 impl std::fmt::Debug for Hold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hold")
@@ -181,5 +193,16 @@ mod tests {
             2,
             "an ordinary release finishes its reply"
         );
+
+        // The dispatcher holds it too, and releases it last, after the reaction panicked.
+        let shared = std::sync::Arc::new(Hold::begin(&store));
+        let dispatcher = shared.clone();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _keep = KeepOnPanic(shared);
+            panic!("a reaction's bug after a hand-off");
+        }));
+        assert!(panicked.is_err());
+        drop(dispatcher);
+        assert_eq!(store.unfinished_replies(), 3);
     }
 }

@@ -99,6 +99,7 @@ impl Engine {
         let id = hold
             .as_ref()
             .map_or_else(uuid::Uuid::now_v7, |h| h.reply_id());
+        let _keep_on_panic = hold.clone().map(super::handoff::KeepOnPanic);
         if !behind {
             match self.react_to(&id.to_string(), event, body, now, Fresh::Yes, hold.as_ref()) {
                 Ok(()) => return Ok(()),
@@ -225,7 +226,12 @@ impl Engine {
         let recorded = if fresh == Fresh::Replay {
             self.store.settle_hand_offs_of(id)?;
             // `received`: a record of an older recuerda's first write, nothing decided.
-            self.store.get_reply(id)?.filter(Reply::is_done)
+            let record = self.store.get_reply(id)?.filter(Reply::is_done);
+            // An older format wrote it last: its reaction was done.
+            if record.is_some() && self.store.reply_record_is_older(id) {
+                return Ok(());
+            }
+            record
         } else {
             None
         };
@@ -249,6 +255,9 @@ impl Engine {
             None => None,
         };
         let rules = self.rules();
+        // The conversation as the reply's line leaves it, and its appointment: what a rule's
+        // `where` and its actions see. Made once, when a rule is to be matched or run.
+        let mut scene = None;
         let decision = match &recorded {
             Some(r) => match Decision::recorded(r, &rules) {
                 Some(d) => d,
@@ -258,7 +267,15 @@ impl Engine {
                 }
             },
             None => {
-                let d = self.decide(&reply, &text, read.as_ref(), &rules, received_at)?;
+                let d = match self.decide_early(&reply, &text, received_at)? {
+                    Some(d) => d,
+                    None => {
+                        let s = self.reply_scene(note("reply").as_ref(), read.as_ref(), now)?;
+                        let d = self.match_rule(&reply, &text, &s, &rules, now)?;
+                        scene = Some(s);
+                        d
+                    }
+                };
                 reply.outcome = d.word().into();
                 reply.rule = d.rule().map(|r| r.name.clone());
                 // Its one record, first: any part of the reaction a crash leaves comes with
@@ -278,10 +295,11 @@ impl Engine {
                 Ok(())
             }
             Decision::OptedOut => {
+                // Timed at its arrival, so a replay writes the same record.
                 self.store.opt_out(&OptOut {
                     mobile: reply.mobile.clone(),
                     keyword: text.clone(),
-                    at: now,
+                    at: received_at,
                 })?;
                 Counters::bump(&self.counters.opted_out);
                 if let Some(note) = note("opted_out") {
@@ -322,8 +340,14 @@ impl Engine {
                 }
                 match decision {
                     Decision::Handled(rule) => {
+                        let scene = match scene {
+                            Some(s) => s,
+                            None => self.reply_scene(note.as_ref(), read.as_ref(), now)?,
+                        };
                         let note = note.filter(|_| !complete);
-                        self.run_reply_rule(&rule, reply, note, read, fresh, complete, hold, now)
+                        self.run_reply_rule(
+                            &rule, reply, note, scene, read, fresh, complete, hold, now,
+                        )
                     }
                     _ => {
                         Counters::bump(&self.counters.replies_unhandled);
@@ -343,16 +367,15 @@ impl Engine {
         }
     }
 
-    /// What becomes of a reply first seen now (or replayed with nothing decided): a duplicate
-    /// within the dedupe window, an opt-out keyword, or the first reply rule that matches.
-    fn decide(
+    /// What becomes of a reply first seen now (or replayed with nothing decided), before any
+    /// rule: a duplicate within the dedupe window, or an opt-out keyword; `None` when the reply
+    /// rules decide.
+    fn decide_early(
         &self,
         reply: &Reply,
         text: &str,
-        read: Option<&crate::store::KnownConversation>,
-        rules: &crate::rules::RuleSet,
         received_at: DateTime<Utc>,
-    ) -> Result<Decision, EngineError> {
+    ) -> Result<Option<Decision>, EngineError> {
         let window =
             chrono::Duration::from_std(self.config.webhook.dedupe_window).unwrap_or_default();
         // The sighting lives in memory and is rebuilt from reply records after a crash: a
@@ -362,25 +385,82 @@ impl Engine {
             .record_reply_sighting(&reply.fingerprint(), received_at, &reply.id, window)?
             .is_some()
         {
-            return Ok(Decision::Duplicate);
+            return Ok(Some(Decision::Duplicate));
         }
         // Opt-out keywords are handled before any rule.
         let keyword = normalize_keyword(text);
         if self.opt_out_keywords.stop.contains(&keyword) {
-            return Ok(Decision::OptedOut);
+            return Ok(Some(Decision::OptedOut));
         }
         if self.opt_out_keywords.start.contains(&keyword) {
-            return Ok(Decision::OptedIn);
+            return Ok(Some(Decision::OptedIn));
         }
-        let state = read
-            .and_then(|k| k.conversation.as_ref())
-            .and_then(|c| c.state.as_deref());
-        Ok(
-            match rules.match_reply(reply.custom_field.as_deref(), text, state) {
-                Some(rule) => Decision::Handled(rule.clone()),
-                None => Decision::Unhandled,
-            },
-        )
+        Ok(None)
+    }
+
+    /// The first reply rule that matches the reply and whose `where` holds (as `recuerda
+    /// preview` says). Decided here, before the reaction writes anything, and recorded: a
+    /// replay never asks again, since the first run's own writes (an appointment updated, a
+    /// state set) could make a `where` that held fail.
+    fn match_rule(
+        &self,
+        reply: &Reply,
+        text: &str,
+        scene: &ReplyScene,
+        rules: &crate::rules::RuleSet,
+        now: DateTime<Utc>,
+    ) -> Result<Decision, EngineError> {
+        let state = scene.conversation.as_ref().and_then(|c| c.state.as_deref());
+        let ctx = || {
+            let occ = Occasion {
+                appointment: scene.appointment.clone(),
+                reply: Some(reply.clone()),
+                custom_field: reply.custom_field.clone(),
+                ..Default::default()
+            };
+            self.context(&occ, None, scene.conversation.as_ref(), now)
+        };
+        let made = std::cell::OnceCell::new();
+        let matched = rules.match_reply_lazy(reply.custom_field.as_deref(), text, state, || {
+            made.get_or_init(ctx).as_ref().cloned().unwrap_or_default()
+        });
+        // Made from what is in hand (no store read): an error here is a bug, said as one.
+        if let Some(Err(e)) = made.into_inner() {
+            return Err(e);
+        }
+        Ok(match matched {
+            Some(rule) => Decision::Handled(rule.clone()),
+            None => Decision::Unhandled,
+        })
+    }
+
+    /// The conversation as the reply's line (`note`) leaves it, and its appointment.
+    fn reply_scene(
+        &self,
+        note: Option<&ConversationNote>,
+        read: Option<&crate::store::KnownConversation>,
+        now: DateTime<Utc>,
+    ) -> Result<ReplyScene, EngineError> {
+        let conversation = note.map(|note| {
+            let mut c = read
+                .and_then(|k| k.conversation.clone())
+                .unwrap_or_else(|| Conversation::new(&note.custom_field, now));
+            if !note.is_in(&c) {
+                note.apply(&mut c);
+            }
+            c
+        });
+        let appointment = match conversation
+            .as_ref()
+            .and_then(|c| c.appointment_id.as_ref())
+        {
+            Some(aid) => self.store.get_appointment(aid)?,
+            None => None,
+        };
+        Ok(ReplyScene {
+            conversation,
+            appointment,
+        })
     }
 
     /// Runs the reply rule `rule` for `reply` (its record already written): its conversation
@@ -391,6 +471,7 @@ impl Engine {
         rule: &crate::rules::SharedRule,
         reply: Reply,
         note: Option<ConversationNote>,
+        scene: ReplyScene,
         read: Option<crate::store::KnownConversation>,
         fresh: Fresh,
         complete: bool,
@@ -398,21 +479,10 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> Result<(), EngineError> {
         Counters::bump(&self.counters.replies_matched);
-        // As its line leaves it (a completing replay's has it already).
-        let conversation = reply.custom_field.as_ref().map(|cf| {
-            let mut c = read
-                .as_ref()
-                .and_then(|k| k.conversation.clone())
-                .unwrap_or_else(|| Conversation::new(cf, now));
-            if let Some(note) = &note {
-                note.apply(&mut c);
-            }
-            c
-        });
-        let appointment = match conversation.as_ref().and_then(|c| c.appointment_id.clone()) {
-            Some(aid) => self.store.get_appointment(&aid)?,
-            None => None,
-        };
+        let ReplyScene {
+            conversation,
+            appointment,
+        } = scene;
         let mut key = crate::store::reply_occasion(&reply.id, &rule.name);
         if fresh == Fresh::Replay {
             if let Some(old) = self.store.legacy_reply_occasion(&reply.id, &rule.name)? {
@@ -601,6 +671,12 @@ impl OptOutKeywords {
             start: normalized(&config.start),
         }
     }
+}
+
+/// The conversation as a reply's line leaves it, and its appointment.
+struct ReplyScene {
+    conversation: Option<Conversation>,
+    appointment: Option<crate::appointment::Appointment>,
 }
 
 /// What a reply's reaction decided, recorded (as its outcome and rule) in its record before

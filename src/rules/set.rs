@@ -240,6 +240,21 @@ impl RuleSet {
         self.route_reply(custom_field, text, state, |r| r.conditions_hold(ctx))
     }
 
+    /// [`RuleSet::match_reply_in`] with the context made only if a candidate has a `where:`
+    /// (most reply rules have none).
+    pub fn match_reply_lazy(
+        &self,
+        custom_field: Option<&str>,
+        text: &str,
+        state: Option<&str>,
+        ctx: impl Fn() -> Value,
+    ) -> Option<&SharedRule> {
+        let made = std::cell::OnceCell::new();
+        self.route_reply(custom_field, text, state, |r| {
+            r.conditions.is_empty() || r.conditions_hold(made.get_or_init(&ctx))
+        })
+    }
+
     /// The context with `rule: {name, description, timezone}` added.
     pub fn context_for(rule: &Rule, ctx: &Value) -> Value {
         let mut ctx = match ctx {

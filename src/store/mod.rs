@@ -79,6 +79,10 @@ const UPGRADES_FROM: &[u32] = &[1, 2, 3, 4];
 
 /// `meta` key of the reply mark (see `reply_mark`).
 const REPLY_MARK: &str = "reply_mark";
+/// `meta` key of the lowest reply id whose record is its reaction's first write (format 5):
+/// the records below it were written by an older format, last, once their reaction was done
+/// (or as `received` before it). Written when an older store is upgraded; absent means 0.
+const REPLIES_DECIDED_FROM: &str = "replies_decided_from";
 
 /// How long opening waits for a store's lock to be released before reporting it in use.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -327,6 +331,8 @@ struct Inner {
     due_groups: Mutex<due_groups::DueGroups>,
     /// Fresh replies not yet done with, and the reply mark (see `reply_mark`).
     marks: Mutex<ReplyMarks>,
+    /// See [`REPLIES_DECIDED_FROM`].
+    replies_decided_from: u128,
     /// Serializes read-modify-writes of one record (hashed by key); see the module doc.
     stripes: Box<[Mutex<()>]>,
     /// What each rule did last, not yet written: a fan-out of 100,000 occasions writes each
@@ -569,6 +575,16 @@ impl Store {
                         let now = uuid::Uuid::now_v7().as_u128();
                         meta.insert(REPLY_MARK, &now.to_be_bytes())?;
                     }
+                    // Replies from here on are written the new way; those before keep the
+                    // meaning their format gave their records.
+                    let next = match db.open_tree("replies")?.last()? {
+                        Some((k, _)) => std::str::from_utf8(&k)
+                            .ok()
+                            .and_then(|t| uuid::Uuid::parse_str(t).ok())
+                            .map_or(0, |id| id.as_u128().saturating_add(1)),
+                        None => 0,
+                    };
+                    meta.insert(REPLIES_DECIDED_FROM, &next.to_be_bytes())?;
                     meta.insert("format_version", FORMAT_VERSION.to_string().as_bytes())?;
                     db.flush()?;
                 } else if found != FORMAT_VERSION.to_string() {
@@ -580,6 +596,13 @@ impl Store {
                 }
             }
         }
+        let replies_decided_from = match meta.get(REPLIES_DECIDED_FROM)? {
+            // Damaged: every record is read the older way (only `received` is replayed).
+            Some(v) => <[u8; 16]>::try_from(v.as_ref())
+                .map(u128::from_be_bytes)
+                .unwrap_or(u128::MAX),
+            None => 0,
+        };
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             appointments: tree("appointments")?,
@@ -604,6 +627,7 @@ impl Store {
             inbox_len: std::sync::atomic::AtomicI64::new(0),
             orphans_len: std::sync::atomic::AtomicI64::new(0),
             marks: Mutex::default(),
+            replies_decided_from,
             due_groups: Mutex::default(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             last_deeds: Mutex::default(),
@@ -1450,6 +1474,13 @@ impl Store {
         self.inner.marks().finish(id.as_u128());
     }
 
+    /// Whether reply `id`'s record was written by an older store format: last, once its
+    /// reaction was done (or as `received` while it was under way), rather than first with
+    /// what it decided. Such a record that is not `received` stands for a finished reaction.
+    pub fn reply_record_is_older(&self, id: &str) -> bool {
+        uuid::Uuid::parse_str(id).is_ok_and(|u| u.as_u128() < self.inner.replies_decided_from)
+    }
+
     /// Replies begun and not yet finished (reactions under way, or sends handed off and not
     /// yet done with).
     pub fn unfinished_replies(&self) -> usize {
@@ -1490,7 +1521,9 @@ impl Store {
             };
             highest = highest.max(id.as_u128());
             self.settle_hand_offs_of(&reply.id)?;
-            if !i.inbox.contains_key(id.as_bytes())? {
+            // An older format wrote a finished reaction's record last: nothing to replay.
+            let finished = id.as_u128() < i.replies_decided_from && reply.is_done();
+            if !finished && !i.inbox.contains_key(id.as_bytes())? {
                 let body = crate::provider::webhook::reply_body(
                     &reply.mobile,
                     &reply.message,

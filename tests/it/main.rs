@@ -12,6 +12,7 @@ mod import;
 mod logs;
 mod provider;
 mod render;
+mod replay;
 mod rules;
 mod schedule;
 mod simulate;
