@@ -185,9 +185,14 @@ impl Engine {
         let mut edits_written = false;
         // A due send handed off unwritten is written by the dispatcher; its `queued` line
         // rides with the occasion's last conversation write. A `notify` writes the lines
-        // before it earlier: a replay after that write would find such a send missing and
-        // write its line again, so a rule with one writes its sends itself.
-        let unwritten = !rule.actions.iter().any(|a| matches!(a, Action::Notify(_)));
+        // before it earlier, and a send to another conversation has its line written before
+        // the trigger's own: a replay after such a write would find the send missing and
+        // write its line again, so such a rule writes its sends itself.
+        let unwritten = rule.actions.iter().all(|a| match a {
+            Action::Notify(_) => false,
+            Action::Send(s) => s.custom_field.is_none(),
+            _ => true,
+        });
         for (index, action) in rule.actions.iter().enumerate() {
             if occ.complete && !matches!(action, Action::Send(_)) {
                 continue;

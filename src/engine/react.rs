@@ -258,6 +258,8 @@ impl Engine {
         // The conversation as the reply's line leaves it, and its appointment: what a rule's
         // `where` and its actions see. Made once, when a rule is to be matched or run.
         let mut scene = None;
+        let older = fresh == Fresh::Replay && self.store.reply_record_is_older(id);
+        let mut decided_last = None;
         let decision = match &recorded {
             Some(r) => match Decision::recorded(r, &rules) {
                 Some(d) => d,
@@ -278,17 +280,61 @@ impl Engine {
                 };
                 reply.outcome = d.word().into();
                 reply.rule = d.rule().map(|r| r.name.clone());
-                // Its one record, first: any part of the reaction a crash leaves comes with
-                // it (sled recovers a prefix of its writes), and the store's reply mark stays
-                // at or below it until it is done with, so the next start replays it (see
-                // `Store::open`).
-                self.store.put_reply(&reply)?;
+                if older {
+                    // Its id says "written the older way": its record must keep saying
+                    // `received` until the reaction is done, and is written with the
+                    // decision last (below), or a replay would take it for a finished one.
+                    let mut received = reply.clone();
+                    (received.outcome, received.rule) = (Reply::RECEIVED.into(), None);
+                    self.store.put_reply(&received)?;
+                    decided_last = Some(reply.clone());
+                } else {
+                    // Its one record, first: any part of the reaction a crash leaves comes
+                    // with it (sled recovers a prefix of its writes), and the store's reply
+                    // mark stays at or below it until it is done with, so the next start
+                    // replays it (see `Store::open`).
+                    self.store.put_reply(&reply)?;
+                }
                 d
             }
         };
         if let Some(r) = recorded {
             (reply.outcome, reply.rule) = (r.outcome, r.rule);
         }
+        let reacted = self.react_as_decided(
+            decision,
+            reply,
+            &text,
+            note,
+            read,
+            scene,
+            fresh,
+            hold,
+            received_at,
+            now,
+        );
+        if let (Ok(()), Some(record)) = (&reacted, decided_last) {
+            self.store.put_reply(&record)?;
+        }
+        reacted
+    }
+
+    /// The effects of what was decided for `reply` (its record written).
+    #[allow(clippy::too_many_arguments)]
+    fn react_as_decided(
+        &self,
+        decision: Decision,
+        reply: Reply,
+        text: &str,
+        note: impl Fn(&'static str) -> Option<ConversationNote>,
+        read: Option<crate::store::KnownConversation>,
+        scene: Option<ReplyScene>,
+        fresh: Fresh,
+        hold: Option<&Arc<Hold>>,
+        received_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
+        let conversation_key = reply.custom_field.clone();
         match decision {
             Decision::Duplicate => {
                 Counters::bump(&self.counters.replies_duplicate);
@@ -298,7 +344,7 @@ impl Engine {
                 // Timed at its arrival, so a replay writes the same record.
                 self.store.opt_out(&OptOut {
                     mobile: reply.mobile.clone(),
-                    keyword: text.clone(),
+                    keyword: text.to_string(),
                     at: received_at,
                 })?;
                 Counters::bump(&self.counters.opted_out);

@@ -596,11 +596,16 @@ impl Store {
                 }
             }
         }
+        // Damaged, no reading of it is safe (too high, replies cut short would not be
+        // replayed; too low, finished ones would run again): said, as a damaged mark is.
         let replies_decided_from = match meta.get(REPLIES_DECIDED_FROM)? {
-            // Damaged: every record is read the older way (only `received` is replayed).
             Some(v) => <[u8; 16]>::try_from(v.as_ref())
                 .map(u128::from_be_bytes)
-                .unwrap_or(u128::MAX),
+                .map_err(|_| StoreError::Corrupt {
+                    tree: "meta",
+                    key: REPLIES_DECIDED_FROM.into(),
+                    message: format!("{} bytes, not 16", v.len()),
+                })?,
             None => 0,
         };
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
@@ -2155,6 +2160,32 @@ mod tests {
             .map(|e| e.unwrap().key)
             .collect();
         assert_eq!(in_flight, ["k"]);
+    }
+
+    /// A damaged `replies_decided_from` is said at open: no reading of it is safe.
+    #[tokio::test]
+    async fn a_damaged_boundary_of_decided_replies_is_said_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .inner
+                .meta
+                .insert(REPLIES_DECIDED_FROM, &[1u8, 2, 3])
+                .unwrap();
+            store.durable().await.unwrap();
+        }
+        let err = loop {
+            match Store::open(dir.path()) {
+                Err(StoreError::Open { .. }) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => break e,
+                Ok(_) => panic!("opened a store with a damaged boundary"),
+            }
+        };
+        let text = err.to_string();
+        assert!(text.contains(REPLIES_DECIDED_FROM), "{text}");
     }
 
     /// The dispatcher's first write of a hand-off: written once, `sending` and out of the

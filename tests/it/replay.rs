@@ -181,26 +181,7 @@ async fn a_finished_reply_of_a_format_4_store_is_not_run_again() {
         .unwrap();
     store.durable().await.unwrap();
     drop(store);
-    // Mark it a format-4 store.
-    {
-        let mut tries = 0;
-        let db = loop {
-            match sled::open(&t.config.data_dir) {
-                Ok(db) => break db,
-                Err(e) if tries < 100 => {
-                    tries += 1;
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => panic!("{e}"),
-            }
-        };
-        db.open_tree("meta")
-            .unwrap()
-            .insert("format_version", "4")
-            .unwrap();
-        db.flush().unwrap();
-    }
+    set_format_4(&t.config.data_dir);
     t.start_engine().await;
     let engine = &t.app().engine;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -313,4 +294,86 @@ async fn a_replay_after_a_notifys_write_adds_no_second_queued_line() {
     let sends = entries_of_rule(engine, "confirma-n");
     assert_eq!(sends.iter().filter(|e| e.is_send()).count(), 1, "one send");
     t.shutdown().await;
+}
+
+/// A format-4 store's reply cut short (still `received`, at or above its mark): opened by
+/// format 5, it is replayed, decided, and reacted to once — its record, below where the new
+/// way starts, is written `received` first and with its decision last, as its format did —
+/// and a further start adds nothing.
+#[tokio::test]
+async fn a_format_4_reply_cut_short_is_finished_once_after_the_upgrade() {
+    let mut t = spawn_app(RULES, sim_config(), |_| {}).await;
+    assert_eq!(
+        t.put_appointment("U1", appt("573001110093")).await.status(),
+        201
+    );
+    eventually("booking confirmation sent", || async {
+        t.sim
+            .sends()
+            .iter()
+            .any(|s| s.mobile == "573001110093")
+            .then_some(())
+    })
+    .await;
+    t.stop_engine().await;
+    let now = chrono::Utc::now();
+    let id = {
+        let store = recuerda::store::Store::open(&t.config.data_dir).unwrap();
+        let id = store.begin_reply();
+        store
+            .put_reply(&recuerda::conversation::Reply {
+                id: id.to_string(),
+                mobile: "573001110093".into(),
+                message: "1".into(),
+                custom_field: Some("cita-U1".into()),
+                received_at: now,
+                rule: None,
+                outcome: recuerda::conversation::Reply::RECEIVED.into(),
+            })
+            .unwrap();
+        store.durable().await.unwrap();
+        id
+    };
+    set_format_4(&t.config.data_dir);
+    t.start_engine().await;
+    let engine = &t.app().engine;
+    assert!(engine.store.reply_record_is_older(&id.to_string()));
+    eventually("the replayed reply's line", || async {
+        (lines(engine, "cita-U1", "reply") == ["1"]).then_some(())
+    })
+    .await;
+    let record = engine.store.get_reply(&id.to_string()).unwrap().unwrap();
+    assert_eq!(
+        (record.outcome.as_str(), record.rule.as_deref()),
+        ("handled", Some("confirma"))
+    );
+    assert_eq!(entries_of_rule(engine, "confirma").len(), 1);
+
+    t.stop_engine().await;
+    t.start_engine().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let engine = &t.app().engine;
+    assert_eq!(lines(engine, "cita-U1", "reply"), ["1"]);
+    assert_eq!(entries_of_rule(engine, "confirma").len(), 1);
+    t.shutdown().await;
+}
+
+fn set_format_4(dir: &std::path::Path) {
+    // The store's lock may outlive its last handle for a moment.
+    let mut tries = 0;
+    let db = loop {
+        match sled::open(dir) {
+            Ok(db) => break db,
+            Err(_) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    db.open_tree("meta")
+        .unwrap()
+        .insert("format_version", "4")
+        .unwrap();
+    db.flush().unwrap();
 }
