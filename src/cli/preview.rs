@@ -250,11 +250,7 @@ fn write_actions(
                         other => other.to_string(),
                     },
                 };
-                let variables: Vec<String> = rendered
-                    .variables
-                    .iter()
-                    .map(|v| format!("[{v}]"))
-                    .collect();
+                let variables = crate::provider::Variables::wire_text(&rendered.variables);
                 let _ = writeln!(
                     out,
                     "   form fields (POST {}/send/):",
@@ -272,7 +268,7 @@ fn write_actions(
                     ("token", "***".into()),
                     ("id_template", send.template_id.to_string()),
                     ("mobile", to),
-                    ("template_variables", variables.join(" ")),
+                    ("template_variables", variables),
                     (
                         "media",
                         rendered.media.clone().unwrap_or_else(|| "(none)".into()),

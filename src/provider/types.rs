@@ -460,8 +460,14 @@ impl Variables {
         if self.0.is_empty() {
             return None;
         }
-        let parts: Vec<String> = self.0.iter().map(|v| format!("[{v}]")).collect();
-        Some(parts.join(" "))
+        Some(Variables::wire_text(&self.0))
+    }
+
+    /// `values` as the provider's `template_variables` field spells them (`[a] [b]`),
+    /// checked or not (`recuerda preview` shows what would be posted, even when refused).
+    pub fn wire_text<S: AsRef<str>>(values: &[S]) -> String {
+        let parts: Vec<String> = values.iter().map(|v| format!("[{}]", v.as_ref())).collect();
+        parts.join(" ")
     }
 }
 
