@@ -34,6 +34,9 @@ const DEFAULT_ALIASES: &[(&str, &[&str])] = &[
     ),
     ("start", &["fecha_hora", "inicio", "start", "fecha_cita"]),
     ("status", &["estado", "status", "estado_cita"]),
+    // Exports that split the start in two columns.
+    ("date", &["fecha", "date", "dia", "fecha_de_la_cita"]),
+    ("time", &["hora", "time", "hora_cita", "hora_de_la_cita"]),
 ];
 
 /// Local-time formats clinics' exports use, read in the configured zone.
@@ -45,6 +48,7 @@ const LOCAL_FORMATS: &[&str] = &[
     "%d/%m/%Y %H:%M",
     "%d/%m/%Y %H:%M:%S",
     "%d-%m-%Y %H:%M",
+    "%d-%m-%Y %H:%M:%S",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +84,11 @@ enum Target {
     Mobile,
     Start,
     Status,
+    /// The start's date, in a column of its own (named here): with a [`Target::Time`]
+    /// column, the start when no column gives it whole. Kept for templates too.
+    Date(String),
+    /// The start's time of day, in a column of its own (see [`Target::Date`]).
+    Time(String),
     /// Kept for templates under this name.
     Keep(String),
 }
@@ -91,7 +100,18 @@ impl Target {
             "mobile" => Target::Mobile,
             "start" => Target::Start,
             "status" => Target::Status,
+            "date" => Target::Date(String::new()),
+            "time" => Target::Time(String::new()),
             other => Target::Keep(other.to_string()),
+        }
+    }
+
+    /// A date or time column keeps its own name for templates.
+    fn of_column(self, column: &str) -> Target {
+        match self {
+            Target::Date(_) => Target::Date(column.to_string()),
+            Target::Time(_) => Target::Time(column.to_string()),
+            other => other,
         }
     }
 
@@ -101,6 +121,8 @@ impl Target {
             Target::Mobile => "mobile",
             Target::Start => "start",
             Target::Status => "status",
+            Target::Date(_) => "date",
+            Target::Time(_) => "time",
             Target::Keep(name) => name,
         }
     }
@@ -151,13 +173,14 @@ impl Mapping {
         let mut seen: HashMap<String, usize> = HashMap::new();
         for (i, column) in normalized.iter().enumerate() {
             let target = match self.explicit.get(column) {
-                Some(field) => Target::from_field(field),
+                Some(field) => Target::from_field(field).of_column(column),
                 None => {
                     let alias = DEFAULT_ALIASES
                         .iter()
                         .find(|(_, names)| names.contains(&column.as_str()))
                         .map(|(field, _)| Target::from_field(field))
-                        .filter(|t| !explicit_fields.contains(t));
+                        .filter(|t| !explicit_fields.contains(t))
+                        .map(|t| t.of_column(column));
                     alias.unwrap_or_else(|| {
                         Target::Keep(if column.is_empty() {
                             format!("columna_{}", i + 1)
@@ -323,10 +346,20 @@ pub fn read_csv(
         message,
     };
     let targets = mapping.resolve(&columns).map_err(header_error)?;
+    let split_start = targets.iter().any(|t| matches!(t, Target::Date(_)))
+        && targets.iter().any(|t| matches!(t, Target::Time(_)));
     for required in [Target::Id, Target::Mobile, Target::Start] {
+        if required == Target::Start && split_start {
+            continue;
+        }
         if !targets.contains(&required) {
+            let or_split = if required == Target::Start {
+                " (or, split in two, `--map FECHA=date --map HORA=time`)"
+            } else {
+                ""
+            };
             return Err(header_error(format!(
-                "no column gives `{}` (columns: {}): name it with `--map COLUMN={}`",
+                "no column gives `{}` (columns: {}): name it with `--map COLUMN={}`{or_split}",
                 required.name(),
                 columns.join(", "),
                 required.name()
@@ -488,6 +521,7 @@ impl Builder {
     fn row(&mut self, line: usize, cells: Vec<(Target, Value)>) {
         let mut body = Map::new();
         let mut id = None;
+        let (mut date, mut time) = (None, None);
         let mut problems: Vec<FieldError> = Vec::new();
         let problem = |field: &str, error: String| FieldError {
             field: field.into(),
@@ -525,10 +559,40 @@ impl Builder {
                         body.insert("status".into(), other);
                     }
                 },
+                Target::Date(column) => date = Some((column, value)),
+                Target::Time(column) => time = Some((column, value)),
                 Target::Keep(name) => {
                     body.insert(name, value);
                 }
             }
+        }
+        let filled = |cell: &Option<(String, Value)>| {
+            cell.as_ref()
+                .and_then(|(_, v)| scalar_text(v))
+                .filter(|t| !t.is_empty())
+        };
+        if !body.contains_key("start") {
+            match (filled(&date), filled(&time)) {
+                (Some(d), Some(t)) => match start_of(&d, &t, self.tz) {
+                    Ok(start) => {
+                        body.insert("start".into(), start.to_rfc3339().into());
+                    }
+                    Err(e) => problems.push(problem("start", e)),
+                },
+                (Some(d), None) => problems.push(problem(
+                    "start",
+                    format!("the date `{d}` has no time of day: name the time's column with `--map \"HORA=time\"`, or give the start whole (`2026-11-26 15:30`)"),
+                )),
+                (None, Some(t)) => problems.push(problem(
+                    "start",
+                    format!("the time `{t}` has no date: name the date's column with `--map \"FECHA=date\"`, or give the start whole (`2026-11-26 15:30`)"),
+                )),
+                (None, None) => {}
+            }
+        }
+        // Kept for templates too, under their columns' names.
+        for (column, value) in [date, time].into_iter().flatten() {
+            body.insert(column, value);
         }
         let id_text = id.clone().unwrap_or_default();
         if id.is_none() {
@@ -606,6 +670,50 @@ pub fn status_word(text: &str) -> String {
 
 /// A time as clinics write it: RFC 3339 with its offset, or a local time (`2026-11-26 15:30`,
 /// `26/11/2026 15:30`, `2026-11-26T15:30`) in `tz`.
+/// The start from a date and a time of day in columns of their own: `26/11/2026` or
+/// `2026-11-26`, and `15:30`, `15:30:00` or `3:30 pm` / `3:30 p. m.`.
+fn start_of(date: &str, time: &str, tz: Tz) -> Result<DateTime<FixedOffset>, String> {
+    let clock = time_of_day(time).ok_or_else(|| {
+        format!("`{time}` is not a time of day: write `15:30`, `15:30:00` or `3:30 pm`")
+    })?;
+    // A date that already holds a time (`26/11/2026 00:00:00`, as spreadsheets export it).
+    let day = date.split_whitespace().next().unwrap_or(date);
+    parse_time(&format!("{day} {clock}"), tz)
+        .map_err(|_| format!("`{date}` is not a date: write `26/11/2026` or `2026-11-26`"))
+}
+
+/// `15:30`, `15:30:00`, `3:30 pm`, `3:30 p. m.` → `15:30:00`.
+fn time_of_day(text: &str) -> Option<String> {
+    let folded: String = text
+        .to_lowercase()
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '.')
+        .collect();
+    let (clock, half) = match folded.strip_suffix("am") {
+        Some(c) => (c, Some(false)),
+        None => match folded.strip_suffix("pm") {
+            Some(c) => (c, Some(true)),
+            None => (folded.as_str(), None),
+        },
+    };
+    let parsed = chrono::NaiveTime::parse_from_str(clock, "%H:%M:%S")
+        .or_else(|_| chrono::NaiveTime::parse_from_str(clock, "%H:%M"))
+        .ok()?;
+    let parsed = match half {
+        None => parsed,
+        Some(pm) => {
+            use chrono::Timelike;
+            let hour12 = parsed.hour();
+            if !(1..=12).contains(&hour12) {
+                return None;
+            }
+            let hour = hour12 % 12 + if pm { 12 } else { 0 };
+            parsed.with_hour(hour)?
+        }
+    };
+    Some(parsed.format("%H:%M:%S").to_string())
+}
+
 pub fn parse_time(text: &str, tz: Tz) -> Result<DateTime<FixedOffset>, String> {
     let text = text.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
@@ -651,6 +759,53 @@ mod tests {
         assert!(parse_time("mañana", TZ)
             .unwrap_err()
             .contains("America/Bogota"));
+    }
+
+    /// An export that splits the start in a date column and a time column: combined in the
+    /// configured zone, kept for templates under the columns' names, and a half said clearly.
+    #[test]
+    fn a_start_split_in_date_and_hour_columns_is_combined() {
+        let now = DateTime::parse_from_rfc3339("2026-11-20T08:00:00-05:00")
+            .unwrap()
+            .with_timezone(&Utc);
+        let csv = "Cita;Celular;Fecha;Hora;Paciente\n\
+                   A1;3001112233;26/11/2026;15:30;Ana\n\
+                   A2;3001112234;2026-11-26;3:30 p. m.;Luis\n\
+                   A3;3001112235;26/11/2026 00:00:00;9:05 AM;Eva\n\
+                   A4;3001112236;26/11/2026;;Sin hora\n\
+                   A5;3001112237;26/11/2026;25:00;Mala\n";
+        let parsed = read_csv(csv, "citas.csv", &Mapping::default(), TZ, now).unwrap();
+        let starts: Vec<String> = parsed
+            .rows
+            .iter()
+            .map(|r| r.body["start"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                "2026-11-26T15:30:00-05:00",
+                "2026-11-26T15:30:00-05:00",
+                "2026-11-26T09:05:00-05:00"
+            ]
+        );
+        assert_eq!(parsed.rows[0].body["fecha"], "26/11/2026");
+        assert_eq!(parsed.rows[0].body["hora"], "15:30");
+        let bad: Vec<String> = parsed.bad.iter().map(|b| b.to_string()).collect();
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(bad[0].starts_with("line 5: start: the date `26/11/2026` has no time of day"));
+        assert!(bad[0].contains("--map \"HORA=time\""), "{}", bad[0]);
+        assert!(
+            bad[1].contains("`25:00` is not a time of day"),
+            "{}",
+            bad[1]
+        );
+
+        // A whole start wins; the date and time columns stay for templates.
+        let csv =
+            "Cita;Celular;Fecha Hora;Fecha;Hora\nA1;3001112233;2026-11-27 10:00;26/11/2026;15:30\n";
+        let parsed = read_csv(csv, "citas.csv", &Mapping::default(), TZ, now).unwrap();
+        assert_eq!(parsed.rows[0].body["start"], "2026-11-27T10:00:00-05:00");
+        assert_eq!(parsed.rows[0].body["hora"], "15:30");
     }
 
     #[test]
