@@ -17,7 +17,7 @@ use crate::import::{parse_time, read_file, Mapping};
 use crate::message::{MessageStatus, OutboxEntry, OutboxKind};
 use crate::provider::{Client, Mobile};
 use crate::rules::{OffsetDirection, RuleSet, StartsSelector, Trigger};
-use crate::simulator::Simulator;
+use crate::simulator::{DeliveryEvent, Simulator};
 use crate::store::Store;
 use anyhow::{bail, Context as _};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
@@ -58,6 +58,40 @@ pub struct SimulateArgs {
     /// Its API token (default: `api.token` from the config, or RECUERDA_API_TOKEN).
     #[arg(long, value_name = "TOKEN")]
     pub token: Option<String>,
+    /// Delivery events for every message sent, so that `status:` rules run: `delivered` (one
+    /// minute after it was sent) or `read` (delivered, then read ten minutes after it was
+    /// sent); `none` sends no events.
+    #[arg(long, value_enum, default_value_t = Delivery::None)]
+    pub delivery: Delivery,
+}
+
+/// Which delivery events the simulated provider sends for each message (see `--delivery`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Delivery {
+    None,
+    Delivered,
+    Read,
+}
+
+/// When after a message is sent its delivery events come.
+const DELIVERED_AFTER: ChronoDuration = ChronoDuration::minutes(1);
+const READ_AFTER: ChronoDuration = ChronoDuration::minutes(10);
+
+/// A delivery event due to the engine.
+#[derive(Debug, Clone)]
+struct DeliveryDue {
+    at: DateTime<Utc>,
+    event: DeliveryEvent,
+    message_id: String,
+}
+
+/// The delivery events of the messages sent so far: planned once per message.
+#[derive(Debug, Default)]
+struct Deliveries {
+    kind: Option<Delivery>,
+    planned: HashSet<String>,
+    due: Vec<DeliveryDue>,
+    sent: usize,
 }
 
 /// One scripted reply.
@@ -119,7 +153,17 @@ pub async fn run(args: SimulateArgs, config: Config) -> anyhow::Result<()> {
         Some(path) => read_scripts(path, &appointments)?,
         None => Vec::new(),
     };
-    let out = simulate(config, rules, appointments, scripts, from, to, &source).await?;
+    let out = simulate(
+        config,
+        rules,
+        appointments,
+        scripts,
+        args.delivery,
+        from,
+        to,
+        &source,
+    )
+    .await?;
     print!("{out}");
     Ok(())
 }
@@ -262,11 +306,13 @@ fn read_scripts(
 }
 
 /// Runs the period on a manual clock and returns the printed timeline.
+#[allow(clippy::too_many_arguments)]
 async fn simulate(
     mut config: Config,
     rules: RuleSet,
     appointments: Vec<Appointment>,
     mut scripts: Vec<Script>,
+    delivery: Delivery,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     source: &str,
@@ -312,7 +358,11 @@ async fn simulate(
         .collect::<Result<_, _>>()?;
     engine.start().await?;
 
-    let result = drive(&engine, &clock, &mut scripts, from, to).await;
+    let mut deliveries = Deliveries {
+        kind: (delivery != Delivery::None).then_some(delivery),
+        ..Deliveries::default()
+    };
+    let result = drive(&engine, &clock, &mut scripts, &mut deliveries, from, to).await;
     let timeline = result.and_then(|()| Timeline::collect(&engine, &appointments, &before, tz));
     let sends_received = sim.sends().len();
     engine.shutdown().await;
@@ -342,6 +392,22 @@ async fn simulate(
         "\n{} sent, {} skipped, {} refused, {} replies, {} notifications; the simulator received {sends_received} sends",
         timeline.sent, timeline.skipped, timeline.refused, timeline.replies, timeline.notified
     );
+    let _ = match deliveries.kind {
+        None => writeln!(
+            out,
+            "delivery events: none (`--delivery delivered` or `read` to run `status:` rules)"
+        ),
+        Some(kind) => writeln!(
+            out,
+            "delivery events: {} ({}, from a minute after each send)",
+            deliveries.sent,
+            if kind == Delivery::Read {
+                "delivered, then read"
+            } else {
+                "delivered"
+            }
+        ),
+    };
     for script in scripts.iter().filter(|s| !s.done) {
         let who = match &script.who {
             Who::Appointment(id) => format!("appointment `{id}`"),
@@ -362,6 +428,7 @@ async fn drive(
     engine: &Engine,
     clock: &ManualClock,
     scripts: &mut [Script],
+    deliveries: &mut Deliveries,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> anyhow::Result<()> {
@@ -369,7 +436,28 @@ async fn drive(
     loop {
         settle(engine, now).await?;
         plan_scripts(engine, scripts)?;
+        plan_deliveries(engine, deliveries)?;
         let mut replied = false;
+        let (due, later): (Vec<DeliveryDue>, Vec<DeliveryDue>) =
+            std::mem::take(&mut deliveries.due)
+                .into_iter()
+                .partition(|d| d.at <= now);
+        deliveries.due = later;
+        for d in due {
+            let body = crate::simulator::event_payload(
+                d.event,
+                &d.message_id,
+                &format!("wamid.{}", d.message_id),
+                None,
+                d.at,
+            );
+            engine
+                .accept_webhook(body.to_string().as_bytes())
+                .await
+                .context("the engine did not take a delivery event")?;
+            deliveries.sent += 1;
+            replied = true;
+        }
         for script in scripts.iter_mut().filter(|s| !s.done) {
             let Some((due, mobile, custom_field)) = &script.due else {
                 continue;
@@ -387,7 +475,11 @@ async fn drive(
         if replied {
             continue;
         }
-        let next = next_event(engine, now, scripts)?.filter(|t| *t <= to);
+        let next = next_event(engine, now, scripts)?
+            .into_iter()
+            .chain(deliveries.due.iter().map(|d| d.at).filter(|t| *t > now))
+            .min()
+            .filter(|t| *t <= to);
         match next {
             Some(t) => now = t,
             None if now < to => now = to,
@@ -426,6 +518,33 @@ async fn settle(engine: &Engine, now: DateTime<Utc>) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// Plans the delivery events of each message sent since the last look.
+fn plan_deliveries(engine: &Engine, deliveries: &mut Deliveries) -> anyhow::Result<()> {
+    let Some(kind) = deliveries.kind else {
+        return Ok(());
+    };
+    for e in engine.store.outbox_entries().filter_map(Result::ok) {
+        let (Some(id), Some(at)) = (e.message_id.as_ref(), sent_at(&e)) else {
+            continue;
+        };
+        if !e.is_send() || !deliveries.planned.insert(id.clone()) {
+            continue;
+        }
+        let mut due = |after: ChronoDuration, event: DeliveryEvent| {
+            deliveries.due.push(DeliveryDue {
+                at: at + after,
+                event,
+                message_id: id.clone(),
+            })
+        };
+        due(DELIVERED_AFTER, DeliveryEvent::Delivered);
+        if kind == Delivery::Read {
+            due(READ_AFTER, DeliveryEvent::Read);
+        }
+    }
+    Ok(())
 }
 
 /// Starts each script's countdown at the first message its patient received.

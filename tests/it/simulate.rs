@@ -236,3 +236,67 @@ fn quiet_hours_hold_the_reminders_visibly() {
         "{stdout}"
     );
 }
+
+/// `--delivery read`: each message sent is delivered a minute later and read ten minutes
+/// later, so `status:` rules run in the timeline; without it, none do.
+#[test]
+fn delivery_events_run_status_rules_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    for file in std::fs::read_dir(root.join("rules")).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(&file, rules.join(file.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        rules.join("90-leido.yaml"),
+        "rules:\n  - name: aviso-leido\n    trigger: {status: read, rule: recordatorio-dia-antes}\n    actions:\n      - notify: {endpoint: recepcion, message: \"{{appointment.paciente}} leyó el recordatorio\"}\n",
+    )
+    .unwrap();
+    let appointments = dir.path().join("citas.json");
+    std::fs::write(&appointments, APPOINTMENTS).unwrap();
+    let config = dir.path().join("recuerda.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "rules_dir: {}\ntemplates_dir: {}\nnotify: {{recepcion: {{url: http://127.0.0.1:9/recepcion}}}}\n",
+            rules.display(),
+            root.join("templates").display()
+        ),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            config.to_str().unwrap(),
+            "--appointments",
+            appointments.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (out, stdout) = simulate(dir.path(), &args);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+
+    let stdout = run(&["--delivery", "read"]);
+    // The day-before reminders go at 8:00; each is read at 8:10.
+    line_of(&stdout, &["2026-11-26 08:00  recordatorio-dia-antes →"]);
+    let read = line_of(&stdout, &["2026-11-26 08:10", "aviso-leido", "recepcion"]);
+    assert!(
+        stdout
+            .lines()
+            .nth(read)
+            .is_some_and(|l| l.contains("notify")),
+        "{stdout}"
+    );
+    line_of(&stdout, &["delivery events:", "delivered, then read"]);
+
+    let stdout = run(&[]);
+    assert!(!stdout.contains("aviso-leido"), "{stdout}");
+    line_of(&stdout, &["delivery events: none"]);
+}
