@@ -1173,6 +1173,7 @@ impl Store {
     ) -> impl Iterator<Item = Result<OutboxEntry>> + '_ {
         let prefix = cat(&[b"m", mobile.as_bytes(), &[0]]);
         let skip = prefix.len();
+        let mobile = mobile.to_string();
         self.inner
             .outbox
             .scan_prefix(prefix)
@@ -1182,6 +1183,9 @@ impl Store {
                     .transpose(),
                 Err(e) => Some(Err(e.into())),
             })
+            // A crash between an entry's new mobile key and the removal of its old one leaves
+            // a key naming an entry that moved on: checked against the entry.
+            .filter(move |e| !matches!(e, Ok(e) if e.mobile.as_deref() != Some(mobile.as_str())))
     }
 
     pub fn link_message_id(&self, message_id: &str, key: &str) -> Result<()> {
@@ -2210,6 +2214,15 @@ mod tests {
         );
         let listed = |m: &str| store.entries_for_mobile(m).count();
         assert_eq!(listed("573001112233"), 1);
+
+        // A stale key (a crash between a mobile's change and its old key's removal) lists
+        // nothing.
+        store
+            .inner
+            .outbox
+            .insert(mobile_key("573005556677", "h#0"), &[])
+            .unwrap();
+        assert_eq!(listed("573005556677"), 0);
 
         let mut other = e.clone();
         other.mobile = Some("573009998877".into());
