@@ -476,6 +476,18 @@ fn queue_key(not_before: DateTime<Utc>, key: &str) -> Vec<u8> {
     cat(&[b"q", &ms_key(not_before), key.as_bytes()])
 }
 
+/// A message id as the `msgid` index keys it: a UUID (what the provider gives) as a zero
+/// byte and its 16 bytes, anything else as its text (which never starts with a zero byte).
+/// The index is the one tree a send writes at a random place (the provider's ids are
+/// random): keys of 17 bytes instead of 36 make its leaves a quarter smaller and are stored
+/// inline by sled (no shared allocation to count): ~2 % of a reply's CPU in (b).
+fn msgid_key(message_id: &str) -> Vec<u8> {
+    match uuid::Uuid::parse_str(message_id) {
+        Ok(id) => cat(&[&[0], id.as_bytes()]),
+        Err(_) => message_id.as_bytes().to_vec(),
+    }
+}
+
 fn mobile_key(mobile: &str, key: &str) -> Vec<u8> {
     cat(&[b"m", mobile.as_bytes(), &[0], key.as_bytes()])
 }
@@ -1189,7 +1201,9 @@ impl Store {
     }
 
     pub fn link_message_id(&self, message_id: &str, key: &str) -> Result<()> {
-        self.inner.msgid.insert(message_id, key.as_bytes())?;
+        self.inner
+            .msgid
+            .insert(msgid_key(message_id), key.as_bytes())?;
         Ok(())
     }
 
@@ -1202,11 +1216,14 @@ impl Store {
 
     /// The outbox key of the message the provider calls `message_id` (nothing decoded).
     pub fn message_key(&self, message_id: &str) -> Result<Option<String>> {
-        Ok(self
-            .inner
-            .msgid
-            .get(message_id)?
-            .map(|key| String::from_utf8_lossy(&key).into_owned()))
+        let msgid = &self.inner.msgid;
+        let found = match msgid.get(msgid_key(message_id))? {
+            Some(key) => Some(key),
+            // Linked by an older recuerda, under the id's text.
+            None if uuid::Uuid::parse_str(message_id).is_ok() => msgid.get(message_id)?,
+            None => None,
+        };
+        Ok(found.map(|key| String::from_utf8_lossy(&key).into_owned()))
     }
 
     // ---- orphan delivery events --------------------------------------------------------
@@ -2164,6 +2181,34 @@ mod tests {
             .map(|e| e.unwrap().key)
             .collect();
         assert_eq!(in_flight, ["k"]);
+    }
+
+    /// A message id is linked under its 16 bytes when it is a UUID (as the provider's are),
+    /// under its text otherwise, and a link an older recuerda made under a UUID's text is
+    /// still found.
+    #[tokio::test]
+    async fn message_ids_are_linked_compact_and_older_links_still_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let uuid = "0e1add43-f91c-4e7c-8805-221ef6b27b98";
+        store.link_message_id(uuid, "e-1").unwrap();
+        assert_eq!(store.message_key(uuid).unwrap().as_deref(), Some("e-1"));
+        assert!(
+            store.inner.msgid.get(uuid).unwrap().is_none(),
+            "not under its text"
+        );
+        assert_eq!(
+            store.message_key(&uuid.to_uppercase()).unwrap().as_deref(),
+            Some("e-1")
+        );
+
+        store.link_message_id("msg-7", "e-2").unwrap();
+        assert_eq!(store.message_key("msg-7").unwrap().as_deref(), Some("e-2"));
+
+        let older = "6f1c2b7e-1a2b-4c3d-8e9f-001122334455";
+        store.inner.msgid.insert(older, b"e-3").unwrap();
+        assert_eq!(store.message_key(older).unwrap().as_deref(), Some("e-3"));
+        assert!(store.message_key("unknown").unwrap().is_none());
     }
 
     /// A damaged `replies_decided_from` is said at open: no reading of it is safe.
