@@ -12,7 +12,8 @@
 //!   entries of every reply from the reply mark on, and of every inbox item (keyed under
 //!   [`reply_occasion`], so one prefix scan each), are put in the queue;
 //!   `m` ++ mobile ++ 0 ++ key → () (messages by patient)
-//! - `msgid`: provider messageId → outbox key
+//! - `msgid`: provider messageId (a UUID as 0 ++ its 16 bytes, see `msgid_key`; older links
+//!   under the id's text) → outbox key
 //! - `conversations`: custom_field → [`Conversation`]
 //! - `fired`: occasion → [`Fired`] (what already fired: idempotency)
 //! - `optout`: mobile → [`OptOut`]
