@@ -531,24 +531,18 @@ impl ConversationEdits<'_> {
         now: DateTime<Utc>,
     ) -> Result<(), EngineError> {
         if let Some(note) = note {
-            let edit = Edit::Note(note.clone());
-            match self
-                .pending
-                .iter_mut()
-                .find(|(cf, _)| *cf == note.custom_field)
-            {
-                Some((_, list)) => list.insert(0, edit),
-                None => self.pending.push((note.custom_field.clone(), vec![edit])),
-            }
-            // Its conversation written last of all.
-            if let Some(at) = self
+            // Its conversation written last of all, the line first in it.
+            let mine = match self
                 .pending
                 .iter()
                 .position(|(cf, _)| *cf == note.custom_field)
             {
-                let mine = self.pending.remove(at);
-                self.pending.push(mine);
-            }
+                Some(at) => self.pending.remove(at),
+                None => (note.custom_field.clone(), Vec::new()),
+            };
+            let (cf, mut list) = mine;
+            list.insert(0, Edit::Note(note.clone()));
+            self.pending.push((cf, list));
         }
         self.apply(engine, rule, now)
     }

@@ -223,12 +223,13 @@ impl Engine {
         // since the first run's own writes (the conversation's state, the sightings) may now
         // point elsewhere. It may also find sends that run handed off, not yet in the stored
         // queue: the queue takes them.
+        let older = fresh == Fresh::Replay && self.store.reply_record_is_older(id);
         let recorded = if fresh == Fresh::Replay {
             self.store.settle_hand_offs_of(id)?;
             // `received`: a record of an older recuerda's first write, nothing decided.
             let record = self.store.get_reply(id)?.filter(Reply::is_done);
             // An older format wrote it last: its reaction was done.
-            if record.is_some() && self.store.reply_record_is_older(id) {
+            if record.is_some() && older {
                 return Ok(());
             }
             record
@@ -258,7 +259,6 @@ impl Engine {
         // The conversation as the reply's line leaves it, and its appointment: what a rule's
         // `where` and its actions see. Made once, when a rule is to be matched or run.
         let mut scene = None;
-        let older = fresh == Fresh::Replay && self.store.reply_record_is_older(id);
         let mut decided_last = None;
         let decision = match &recorded {
             Some(r) => match Decision::recorded(r, &rules) {

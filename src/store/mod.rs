@@ -353,6 +353,12 @@ impl Inner {
         self.due_groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether reply `id`'s record was written by an older format (see
+    /// [`REPLIES_DECIDED_FROM`]).
+    fn older_reply(&self, id: u128) -> bool {
+        id < self.replies_decided_from
+    }
+
     fn marks(&self) -> MutexGuard<'_, ReplyMarks> {
         self.marks.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -475,6 +481,29 @@ fn index_keys_added(key: &str, old: &Indexed, new: &OutboxEntry) -> Vec<Vec<u8>>
 
 fn queue_key(not_before: DateTime<Utc>, key: &str) -> Vec<u8> {
     cat(&[b"q", &ms_key(not_before), key.as_bytes()])
+}
+
+/// A reply id kept in `meta` under `key` (16 bytes, big-endian); 0 when absent. A damaged one
+/// is said: no reading of it is safe.
+fn meta_id(meta: &Tree, key: &'static str) -> Result<u128> {
+    match meta.get(key)? {
+        Some(v) => <[u8; 16]>::try_from(v.as_ref())
+            .map(u128::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt {
+                tree: "meta",
+                key: key.into(),
+                message: format!("{} bytes, not 16", v.len()),
+            }),
+        None => Ok(0),
+    }
+}
+
+/// Every index key entry `e` has: its queue key if it is pending in the stored queue, and
+/// its mobile key.
+fn index_keys(e: &OutboxEntry) -> impl Iterator<Item = Vec<u8>> + '_ {
+    pending_queue_key(e.status, e.not_before, e.handed_off, &e.key)
+        .into_iter()
+        .chain(e.mobile.as_ref().map(|m| mobile_key(m, &e.key)))
 }
 
 /// A message id as the `msgid` index keys it: a UUID (what the provider gives) as a zero
@@ -611,16 +640,7 @@ impl Store {
         }
         // Damaged, no reading of it is safe (too high, replies cut short would not be
         // replayed; too low, finished ones would run again): said, as a damaged mark is.
-        let replies_decided_from = match meta.get(REPLIES_DECIDED_FROM)? {
-            Some(v) => <[u8; 16]>::try_from(v.as_ref())
-                .map(u128::from_be_bytes)
-                .map_err(|_| StoreError::Corrupt {
-                    tree: "meta",
-                    key: REPLIES_DECIDED_FROM.into(),
-                    message: format!("{} bytes, not 16", v.len()),
-                })?,
-            None => 0,
-        };
+        let replies_decided_from = meta_id(&meta, REPLIES_DECIDED_FROM)?;
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             appointments: tree("appointments")?,
@@ -861,14 +881,8 @@ impl Store {
         let i = &self.inner;
         let ekey = cat(&[b"e", entry.key.as_bytes()]);
         let _held = i.lock(&ekey);
-        let none = Indexed {
-            status: MessageStatus::Sent,
-            not_before: entry.not_before,
-            mobile: None,
-            handed_off: false,
-        };
         // Index keys before the entry: the entry is the commit point (see the module doc).
-        let added = index_keys_added(&entry.key, &none, &entry);
+        let added: Vec<Vec<u8>> = index_keys(&entry).collect();
         for k in &added {
             i.outbox.insert(k.as_slice(), &[])?;
         }
@@ -887,12 +901,10 @@ impl Store {
                 }))
             }
             Err(cas) => {
-                let theirs = match cas.current {
-                    Some(bytes) => index_keys_added(
-                        &entry.key,
-                        &none,
-                        &decode_entry(entry.key.as_bytes(), &bytes)?,
-                    ),
+                let theirs: Vec<Vec<u8>> = match cas.current {
+                    Some(bytes) => {
+                        index_keys(&decode_entry(entry.key.as_bytes(), &bytes)?).collect()
+                    }
                     None => Vec::new(),
                 };
                 for k in added.iter().filter(|k| !theirs.contains(k)) {
@@ -912,13 +924,8 @@ impl Store {
             return Ok(None);
         }
         // Index keys before the entry: the entry is the commit point (see the module doc).
-        if let Some(q) =
-            pending_queue_key(entry.status, entry.not_before, entry.handed_off, &entry.key)
-        {
-            i.outbox.insert(q, &[])?;
-        }
-        if let Some(mobile) = &entry.mobile {
-            i.outbox.insert(mobile_key(mobile, &entry.key), &[])?;
+        for k in index_keys(entry) {
+            i.outbox.insert(k, &[])?;
         }
         let raw = sled::IVec::from(entry.encode());
         i.outbox.insert(ekey, raw.clone())?;
@@ -1505,7 +1512,7 @@ impl Store {
     /// reaction was done (or as `received` while it was under way), rather than first with
     /// what it decided. Such a record that is not `received` stands for a finished reaction.
     pub fn reply_record_is_older(&self, id: &str) -> bool {
-        uuid::Uuid::parse_str(id).is_ok_and(|u| u.as_u128() < self.inner.replies_decided_from)
+        uuid::Uuid::parse_str(id).is_ok_and(|u| self.inner.older_reply(u.as_u128()))
     }
 
     /// Replies begun and not yet finished (reactions under way, or sends handed off and not
@@ -1521,16 +1528,7 @@ impl Store {
     /// completes what was not). These are the replies of the last moments before a stop.
     fn recover_unfinished_replies(&self) -> Result<()> {
         let i = &self.inner;
-        let mark = match i.meta.get(REPLY_MARK)? {
-            Some(v) => <[u8; 16]>::try_from(v.as_ref())
-                .map(u128::from_be_bytes)
-                .map_err(|_| StoreError::Corrupt {
-                    tree: "meta",
-                    key: REPLY_MARK.into(),
-                    message: format!("{} bytes, not 16", v.len()),
-                })?,
-            None => 0,
-        };
+        let mark = meta_id(&i.meta, REPLY_MARK)?;
         let mut highest = 0;
         for item in i.replies.range(reply_key(mark)..) {
             let (k, v) = item?;
@@ -1549,7 +1547,7 @@ impl Store {
             highest = highest.max(id.as_u128());
             self.settle_hand_offs_of(&reply.id)?;
             // An older format wrote a finished reaction's record last: nothing to replay.
-            let finished = id.as_u128() < i.replies_decided_from && reply.is_done();
+            let finished = i.older_reply(id.as_u128()) && reply.is_done();
             if !finished && !i.inbox.contains_key(id.as_bytes())? {
                 let body = crate::provider::webhook::reply_body(
                     &reply.mobile,
