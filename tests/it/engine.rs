@@ -836,6 +836,31 @@ fn reply_lines(engine: &recuerda::engine::Engine, cf: &str) -> Vec<String> {
         .collect()
 }
 
+/// A reply's record as a reaction writes it first (or an older recuerda did), under an id
+/// begun (and never finished) in `store`: what a crash right after leaves. Its text is `1`.
+pub fn write_reply(
+    store: &recuerda::store::Store,
+    mobile: &str,
+    custom_field: &str,
+    received_at: chrono::DateTime<chrono::Utc>,
+    rule: Option<&str>,
+    outcome: &str,
+) -> uuid::Uuid {
+    let id = store.begin_reply();
+    store
+        .put_reply(&recuerda::conversation::Reply {
+            id: id.to_string(),
+            mobile: mobile.into(),
+            message: "1".into(),
+            custom_field: Some(custom_field.into()),
+            received_at,
+            rule: rule.map(str::to_string),
+            outcome: outcome.into(),
+        })
+        .unwrap();
+    id
+}
+
 /// How many outbox entries (messages) conversation `cf` has.
 fn entries_of(engine: &recuerda::engine::Engine, cf: &str) -> usize {
     engine
@@ -980,18 +1005,14 @@ async fn a_reply_a_crash_cut_short_after_its_first_write_is_replayed_once() {
     let mut t = spawn_app(RULES, sim_config(), |_| {}).await;
     t.stop_engine().await;
     let store = recuerda::store::Store::open(&t.config.data_dir).unwrap();
-    let id = store.begin_reply();
-    store
-        .put_reply(&recuerda::conversation::Reply {
-            id: id.to_string(),
-            mobile: "573001110009".into(),
-            message: "1".into(),
-            custom_field: Some("cita-Z9".into()),
-            received_at: chrono::Utc::now(),
-            rule: None,
-            outcome: recuerda::conversation::Reply::RECEIVED.into(),
-        })
-        .unwrap();
+    let id = write_reply(
+        &store,
+        "573001110009",
+        "cita-Z9",
+        chrono::Utc::now(),
+        None,
+        recuerda::conversation::Reply::RECEIVED,
+    );
     store.durable().await.unwrap();
     // The "crash": the reply is never finished.
     drop(store);
@@ -1045,18 +1066,14 @@ rules:
     t.stop_engine().await;
     let store = recuerda::store::Store::open(&t.config.data_dir).unwrap();
     let now = chrono::Utc::now();
-    let id = store.begin_reply();
-    store
-        .put_reply(&recuerda::conversation::Reply {
-            id: id.to_string(),
-            mobile: "573001110010".into(),
-            message: "1".into(),
-            custom_field: Some("cita-Z10".into()),
-            received_at: now,
-            rule: Some("confirma".into()),
-            outcome: "handled".into(),
-        })
-        .unwrap();
+    let id = write_reply(
+        &store,
+        "573001110010",
+        "cita-Z10",
+        now,
+        Some("confirma"),
+        "handled",
+    );
     // What the first run wrote before the crash: the state, not yet its line.
     store
         .update_conversation("cita-Z10", now, |c| {
@@ -1117,18 +1134,14 @@ async fn a_replay_writes_the_send_its_reply_handed_off_and_nothing_else_again() 
     t.stop_engine().await;
     let store = recuerda::store::Store::open(&t.config.data_dir).unwrap();
     let now = chrono::Utc::now();
-    let id = store.begin_reply();
-    store
-        .put_reply(&recuerda::conversation::Reply {
-            id: id.to_string(),
-            mobile: "573001110011".into(),
-            message: "1".into(),
-            custom_field: Some("cita-Z11".into()),
-            received_at: now,
-            rule: Some("confirma".into()),
-            outcome: "handled".into(),
-        })
-        .unwrap();
+    write_reply(
+        &store,
+        "573001110011",
+        "cita-Z11",
+        now,
+        Some("confirma"),
+        "handled",
+    );
     // The reaction's last write: its state and its line (its send handed off, unwritten).
     store
         .update_conversation("cita-Z11", now, |c| {

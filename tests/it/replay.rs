@@ -5,6 +5,19 @@ use crate::engine::*;
 use serde_json::json;
 use std::time::Duration;
 
+/// Books appointment `id` for `mobile` and waits for its booking confirmation to be sent.
+async fn booked(t: &TestApp, id: &str, mobile: &str) {
+    assert_eq!(t.put_appointment(id, appt(mobile)).await.status(), 201);
+    eventually("booking confirmation sent", || async {
+        t.sim
+            .sends()
+            .iter()
+            .any(|s| s.mobile == mobile)
+            .then_some(())
+    })
+    .await;
+}
+
 fn appt(mobile: &str) -> serde_json::Value {
     json!({"mobile": mobile, "start": "2030-11-26T15:30:00-05:00", "status": "scheduled",
            "paciente": "carlos", "profesional": "Dra. Gómez", "sede": "norte"})
@@ -61,33 +74,18 @@ rules:
 #[tokio::test]
 async fn a_replay_does_not_ask_a_where_its_first_run_answered() {
     let mut t = spawn_app(RULES_W, sim_config(), |_| {}).await;
-    assert_eq!(
-        t.put_appointment("W1", appt("573001110090")).await.status(),
-        201
-    );
-    eventually("booking confirmation sent", || async {
-        t.sim
-            .sends()
-            .iter()
-            .any(|s| s.mobile == "573001110090")
-            .then_some(())
-    })
-    .await;
+    booked(&t, "W1", "573001110090").await;
     t.stop_engine().await;
     let store = recuerda::store::Store::open(&t.config.data_dir).unwrap();
     let now = chrono::Utc::now();
-    let id = store.begin_reply();
-    store
-        .put_reply(&recuerda::conversation::Reply {
-            id: id.to_string(),
-            mobile: "573001110090".into(),
-            message: "1".into(),
-            custom_field: Some("cita-W1".into()),
-            received_at: now,
-            rule: Some("confirma-w".into()),
-            outcome: "handled".into(),
-        })
-        .unwrap();
+    let id = write_reply(
+        &store,
+        "573001110090",
+        "cita-W1",
+        now,
+        Some("confirma-w"),
+        "handled",
+    );
     // The first run's update_appointment (written at once, before the line).
     let mut a = store.get_appointment("W1").unwrap().unwrap();
     a.status = recuerda::appointment::AppointmentStatus::Confirmed;
@@ -125,18 +123,7 @@ async fn a_replay_does_not_ask_a_where_its_first_run_answered() {
 #[tokio::test]
 async fn a_finished_reply_of_a_format_4_store_is_not_run_again() {
     let mut t = spawn_app(RULES, sim_config(), |_| {}).await;
-    assert_eq!(
-        t.put_appointment("F1", appt("573001110091")).await.status(),
-        201
-    );
-    eventually("booking confirmation sent", || async {
-        t.sim
-            .sends()
-            .iter()
-            .any(|s| s.mobile == "573001110091")
-            .then_some(())
-    })
-    .await;
+    booked(&t, "F1", "573001110091").await;
     t.stop_engine().await;
     let store = recuerda::store::Store::open(&t.config.data_dir).unwrap();
     let received_at = chrono::Utc::now();
@@ -226,33 +213,18 @@ async fn a_replay_after_a_notifys_write_adds_no_second_queued_line() {
         );
     })
     .await;
-    assert_eq!(
-        t.put_appointment("N1", appt("573001110092")).await.status(),
-        201
-    );
-    eventually("booking confirmation sent", || async {
-        t.sim
-            .sends()
-            .iter()
-            .any(|s| s.mobile == "573001110092")
-            .then_some(())
-    })
-    .await;
+    booked(&t, "N1", "573001110092").await;
     t.stop_engine().await;
     let store = recuerda::store::Store::open(&t.config.data_dir).unwrap();
     let now = chrono::Utc::now();
-    let id = store.begin_reply();
-    store
-        .put_reply(&recuerda::conversation::Reply {
-            id: id.to_string(),
-            mobile: "573001110092".into(),
-            message: "1".into(),
-            custom_field: Some("cita-N1".into()),
-            received_at: now,
-            rule: Some("confirma-n".into()),
-            outcome: "handled".into(),
-        })
-        .unwrap();
+    let id = write_reply(
+        &store,
+        "573001110092",
+        "cita-N1",
+        now,
+        Some("confirma-n"),
+        "handled",
+    );
     // The first run's send, written by its reaction and handed off, then the notify's
     // mid-way write: the send's queued line.
     let mut send = recuerda::message::OutboxEntry::queued(
@@ -303,34 +275,19 @@ async fn a_replay_after_a_notifys_write_adds_no_second_queued_line() {
 #[tokio::test]
 async fn a_format_4_reply_cut_short_is_finished_once_after_the_upgrade() {
     let mut t = spawn_app(RULES, sim_config(), |_| {}).await;
-    assert_eq!(
-        t.put_appointment("U1", appt("573001110093")).await.status(),
-        201
-    );
-    eventually("booking confirmation sent", || async {
-        t.sim
-            .sends()
-            .iter()
-            .any(|s| s.mobile == "573001110093")
-            .then_some(())
-    })
-    .await;
+    booked(&t, "U1", "573001110093").await;
     t.stop_engine().await;
     let now = chrono::Utc::now();
     let id = {
         let store = recuerda::store::Store::open(&t.config.data_dir).unwrap();
-        let id = store.begin_reply();
-        store
-            .put_reply(&recuerda::conversation::Reply {
-                id: id.to_string(),
-                mobile: "573001110093".into(),
-                message: "1".into(),
-                custom_field: Some("cita-U1".into()),
-                received_at: now,
-                rule: None,
-                outcome: recuerda::conversation::Reply::RECEIVED.into(),
-            })
-            .unwrap();
+        let id = write_reply(
+            &store,
+            "573001110093",
+            "cita-U1",
+            now,
+            None,
+            recuerda::conversation::Reply::RECEIVED,
+        );
         store.durable().await.unwrap();
         id
     };

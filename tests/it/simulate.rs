@@ -35,6 +35,32 @@ fn simulate(dir: &Path, extra: &[&str]) -> (Output, String) {
     (out, stdout)
 }
 
+/// Simulates `APPOINTMENTS` under a config of its own in `dir`: the rules in `rules`, the
+/// shipped templates, a `recepcion` notify endpoint and `config` (more YAML lines).
+fn simulate_in(dir: &Path, rules: &Path, config: &str, extra: &[&str]) -> (Output, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let appointments = dir.join("citas.json");
+    std::fs::write(&appointments, APPOINTMENTS).unwrap();
+    let path = dir.join("recuerda.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "rules_dir: {}\ntemplates_dir: {}\nnotify: {{recepcion: {{url: http://127.0.0.1:9/recepcion}}}}\n{config}",
+            rules.display(),
+            root.join("templates").display()
+        ),
+    )
+    .unwrap();
+    let mut args = vec![
+        "--config",
+        path.to_str().unwrap(),
+        "--appointments",
+        appointments.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    simulate(dir, &args)
+}
+
 /// The index of the first timeline line holding every part, or a panic showing the output.
 fn line_of(stdout: &str, parts: &[&str]) -> usize {
     stdout
@@ -205,26 +231,11 @@ async fn without_a_file_the_running_engines_appointments_are_simulated() {
 fn quiet_hours_hold_the_reminders_visibly() {
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let appointments = dir.path().join("citas.json");
-    std::fs::write(&appointments, APPOINTMENTS).unwrap();
-    let config = dir.path().join("recuerda.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "rules_dir: {}\ntemplates_dir: {}\nquiet_hours: {{from: \"08:00\", to: \"09:00\"}}\nnotify: {{recepcion: {{url: http://127.0.0.1:9/recepcion}}}}\n",
-            root.join("rules").display(),
-            root.join("templates").display()
-        ),
-    )
-    .unwrap();
-    let (out, stdout) = simulate(
+    let (out, stdout) = simulate_in(
         dir.path(),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--appointments",
-            appointments.to_str().unwrap(),
-        ],
+        &root.join("rules"),
+        "quiet_hours: {from: \"08:00\", to: \"09:00\"}\n",
+        &[],
     );
     assert!(out.status.success(), "{stdout}");
     line_of(
@@ -254,27 +265,8 @@ fn delivery_events_run_status_rules_when_asked() {
         "rules:\n  - name: aviso-leido\n    trigger: {status: read, rule: recordatorio-dia-antes}\n    actions:\n      - notify: {endpoint: recepcion, message: \"{{appointment.paciente}} leyó el recordatorio\"}\n",
     )
     .unwrap();
-    let appointments = dir.path().join("citas.json");
-    std::fs::write(&appointments, APPOINTMENTS).unwrap();
-    let config = dir.path().join("recuerda.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "rules_dir: {}\ntemplates_dir: {}\nnotify: {{recepcion: {{url: http://127.0.0.1:9/recepcion}}}}\n",
-            rules.display(),
-            root.join("templates").display()
-        ),
-    )
-    .unwrap();
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "--config",
-            config.to_str().unwrap(),
-            "--appointments",
-            appointments.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let (out, stdout) = simulate(dir.path(), &args);
+        let (out, stdout) = simulate_in(dir.path(), &rules, "", extra);
         assert!(
             out.status.success(),
             "{stdout}\n{}",
