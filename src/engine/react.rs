@@ -466,14 +466,8 @@ impl Engine {
             };
             self.context(&occ, None, scene.conversation.as_ref(), now)
         };
-        let made = std::cell::OnceCell::new();
-        let matched = rules.match_reply_lazy(reply.custom_field.as_deref(), text, state, || {
-            made.get_or_init(ctx).as_ref().cloned().unwrap_or_default()
-        });
         // Made from what is in hand (no store read): an error here is a bug, said as one.
-        if let Some(Err(e)) = made.into_inner() {
-            return Err(e);
-        }
+        let matched = rules.match_reply_lazy(reply.custom_field.as_deref(), text, state, ctx)?;
         Ok(match matched {
             Some(rule) => Decision::Handled(rule.clone()),
             None => Decision::Unhandled,

@@ -240,19 +240,28 @@ impl RuleSet {
         self.route_reply(custom_field, text, state, |r| r.conditions_hold(ctx))
     }
 
-    /// [`RuleSet::match_reply_in`] with the context made only if a candidate has a `where:`
-    /// (most reply rules have none).
-    pub fn match_reply_lazy(
+    /// [`RuleSet::match_reply_in`] with the context made (once) only if a candidate has a
+    /// `where:` (most reply rules have none). Making it may fail: that error, if it was made.
+    pub fn match_reply_lazy<E>(
         &self,
         custom_field: Option<&str>,
         text: &str,
         state: Option<&str>,
-        ctx: impl Fn() -> Value,
-    ) -> Option<&SharedRule> {
+        ctx: impl FnOnce() -> Result<Value, E>,
+    ) -> Result<Option<&SharedRule>, E> {
         let made = std::cell::OnceCell::new();
-        self.route_reply(custom_field, text, state, |r| {
-            r.conditions.is_empty() || r.conditions_hold(made.get_or_init(&ctx))
-        })
+        let ctx = std::cell::Cell::new(Some(ctx));
+        let matched = self.route_reply(custom_field, text, state, |r| {
+            r.conditions.is_empty()
+                || matches!(
+                    made.get_or_init(|| ctx.take().map_or(Ok(Value::Null), |f| f())),
+                    Ok(v) if r.conditions_hold(v)
+                )
+        });
+        match made.into_inner() {
+            Some(Err(e)) => Err(e),
+            _ => Ok(matched),
+        }
     }
 
     /// The context with `rule: {name, description, timezone}` added.
