@@ -435,8 +435,12 @@ async fn drive(
     let mut now = from;
     loop {
         settle(engine, now).await?;
-        plan_scripts(engine, scripts)?;
-        plan_deliveries(engine, deliveries)?;
+        // One read of the messages sent serves both, and none when neither asks.
+        if deliveries.kind.is_some() || scripts.iter().any(|s| s.due.is_none()) {
+            let sent = sent_messages(engine);
+            plan_scripts(&sent, scripts);
+            plan_deliveries(&sent, deliveries);
+        }
         let mut replied = false;
         let (due, later): (Vec<DeliveryDue>, Vec<DeliveryDue>) =
             std::mem::take(&mut deliveries.due)
@@ -521,20 +525,20 @@ async fn settle(engine: &Engine, now: DateTime<Utc>) -> anyhow::Result<()> {
 }
 
 /// Plans the delivery events of each message sent since the last look.
-fn plan_deliveries(engine: &Engine, deliveries: &mut Deliveries) -> anyhow::Result<()> {
+fn plan_deliveries(sent: &[(DateTime<Utc>, OutboxEntry)], deliveries: &mut Deliveries) {
     let Some(kind) = deliveries.kind else {
-        return Ok(());
+        return;
     };
-    for e in engine.store.outbox_entries().filter_map(Result::ok) {
-        let (Some(id), Some(at)) = (e.message_id.as_ref(), sent_at(&e)) else {
+    for (at, e) in sent {
+        let Some(id) = e.message_id.as_ref() else {
             continue;
         };
-        if !e.is_send() || !deliveries.planned.insert(id.clone()) {
+        if !deliveries.planned.insert(id.clone()) {
             continue;
         }
         let mut due = |after: ChronoDuration, event: DeliveryEvent| {
             deliveries.due.push(DeliveryDue {
-                at: at + after,
+                at: *at + after,
                 event,
                 message_id: id.clone(),
             })
@@ -544,14 +548,10 @@ fn plan_deliveries(engine: &Engine, deliveries: &mut Deliveries) -> anyhow::Resu
             due(READ_AFTER, DeliveryEvent::Read);
         }
     }
-    Ok(())
 }
 
-/// Starts each script's countdown at the first message its patient received.
-fn plan_scripts(engine: &Engine, scripts: &mut [Script]) -> anyhow::Result<()> {
-    if scripts.iter().all(|s| s.due.is_some()) {
-        return Ok(());
-    }
+/// The messages the provider accepted so far, with when, earliest first.
+fn sent_messages(engine: &Engine) -> Vec<(DateTime<Utc>, OutboxEntry)> {
     let mut sent: Vec<(DateTime<Utc>, OutboxEntry)> = engine
         .store
         .outbox_entries()
@@ -560,6 +560,11 @@ fn plan_scripts(engine: &Engine, scripts: &mut [Script]) -> anyhow::Result<()> {
         .filter_map(|e| sent_at(&e).map(|t| (t, e)))
         .collect();
     sent.sort_by_key(|(t, _)| *t);
+    sent
+}
+
+/// Starts each script's countdown at the first message its patient received.
+fn plan_scripts(sent: &[(DateTime<Utc>, OutboxEntry)], scripts: &mut [Script]) {
     for script in scripts.iter_mut().filter(|s| s.due.is_none()) {
         let first = sent.iter().find(|(_, e)| match &script.who {
             Who::Appointment(id) => e.appointment_id.as_deref() == Some(id.as_str()),
@@ -573,7 +578,6 @@ fn plan_scripts(engine: &Engine, scripts: &mut [Script]) -> anyhow::Result<()> {
             ));
         }
     }
-    Ok(())
 }
 
 /// The next moment something can happen after `now`.
