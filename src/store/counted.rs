@@ -35,8 +35,9 @@ impl OpKind {
     }
 }
 
-/// The trees of the store, in the order their counters are kept.
-pub const TREES: [&str; 16] = [
+/// The trees of the store, in the order their counters are kept; `msgids` is not a sled
+/// tree but the message-id index (see `msgids`), counted alike.
+pub const TREES: [&str; 18] = [
     "meta",
     "appointments",
     "appt_start",
@@ -53,7 +54,12 @@ pub const TREES: [&str; 16] = [
     "dead",
     "due",
     "due_keys",
+    "msgid_journal",
+    "msgids",
 ];
+
+/// The index of `msgids` in [`TREES`].
+pub const MSGIDS: usize = TREES.len() - 1;
 
 const KINDS: usize = OpKind::ALL.len();
 const SLOTS: usize = TREES.len() * KINDS;
@@ -87,7 +93,7 @@ thread_local! {
 }
 
 impl OpCounts {
-    fn bump(&self, tree: usize, kind: OpKind) {
+    pub fn bump(&self, tree: usize, kind: OpKind) {
         let stripe = STRIPE.with(|s| *s);
         self.stripes[stripe].0[tree * KINDS + kind as usize].fetch_add(1, Ordering::Relaxed);
     }

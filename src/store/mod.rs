@@ -12,8 +12,10 @@
 //!   entries of every reply from the reply mark on, and of every inbox item (keyed under
 //!   [`reply_occasion`], so one prefix scan each), are put in the queue;
 //!   `m` ++ mobile ++ 0 ++ key → () (messages by patient)
-//! - `msgid`: provider messageId (a UUID as 0 ++ its 16 bytes, see `msgid_key`; older links
-//!   under the id's text) → outbox key
+//! - provider messageId → outbox key: for UUIDs (what the provider gives) in files of their
+//!   own beside sled's (`msgids`: a journal and sorted segments, no random B-tree insert per
+//!   send); in the `msgid` tree for other ids, and for links made by older formats (a UUID
+//!   as 0 ++ its 16 bytes, see `msgid_key`, or as its text)
 //! - `conversations`: custom_field → [`Conversation`]
 //! - `fired`: occasion → [`Fired`] (what already fired: idempotency)
 //! - `optout`: mobile → [`OptOut`]
@@ -41,6 +43,7 @@
 mod codec;
 mod counted;
 mod due_groups;
+mod msgids;
 mod reply_mark;
 
 use codec::Compact;
@@ -74,9 +77,12 @@ use tokio::sync::{mpsc, oneshot};
 /// (see `engine::react`). A version-4 recuerda would take such a record for a finished
 /// reaction, and refuses a version-5 store; a version-4 store opens as it is (its mark kept,
 /// its `received` records decided when replayed).
-pub const FORMAT_VERSION: u32 = 5;
+/// 6: message ids (UUIDs) are linked to their messages in the `msgids` files, not the
+/// `msgid` tree (which older links are still read from). A version-5 recuerda would not find
+/// those links, and refuses a version-6 store; a version-5 store opens as it is.
+pub const FORMAT_VERSION: u32 = 6;
 /// Older formats this recuerda opens, and upgrades on opening.
-const UPGRADES_FROM: &[u32] = &[1, 2, 3, 4];
+const UPGRADES_FROM: &[u32] = &[1, 2, 3, 4, 5];
 
 /// `meta` key of the reply mark (see `reply_mark`).
 const REPLY_MARK: &str = "reply_mark";
@@ -304,6 +310,11 @@ struct Inner {
     appt_pending: Tree,
     outbox: Tree,
     msgid: Tree,
+    /// UUID message ids' links (see `msgids`).
+    msgids: msgids::MsgIds,
+    /// The `msgid` tree holds links (older formats', or ids that are not UUIDs): look-ups
+    /// missing `msgids` read it too.
+    msgid_tree_used: AtomicBool,
     conversations: Tree,
     fired: Tree,
     optout: Tree,
@@ -506,16 +517,10 @@ fn index_keys(e: &OutboxEntry) -> impl Iterator<Item = Vec<u8>> + '_ {
         .chain(e.mobile.as_ref().map(|m| mobile_key(m, &e.key)))
 }
 
-/// A message id as the `msgid` index keys it: a UUID (what the provider gives) as a zero
-/// byte and its 16 bytes, anything else as its text (which never starts with a zero byte).
-/// The index is the one tree a send writes at a random place (the provider's ids are
-/// random): keys of 17 bytes instead of 36 make its leaves a quarter smaller and are stored
-/// inline by sled (no shared allocation to count): ~2 % of a reply's CPU in (b).
-fn msgid_key(message_id: &str) -> Vec<u8> {
-    match uuid::Uuid::parse_str(message_id) {
-        Ok(id) => cat(&[&[0], id.as_bytes()]),
-        Err(_) => message_id.as_bytes().to_vec(),
-    }
+/// A UUID message id as format 5 linked it in the `msgid` tree: a zero byte and its 16
+/// bytes (other ids, and older formats' UUIDs, under their text).
+fn msgid_key(id: uuid::Uuid) -> Vec<u8> {
+    cat(&[&[0], id.as_bytes()])
 }
 
 fn mobile_key(mobile: &str, key: &str) -> Vec<u8> {
@@ -609,7 +614,11 @@ impl Store {
             }
             Some(v) => {
                 let found = String::from_utf8_lossy(&v).into_owned();
-                if UPGRADES_FROM.iter().any(|old| found == old.to_string()) {
+                if found == "5" {
+                    // Nothing to convert: its `msgid` tree is read as it is.
+                    meta.insert("format_version", FORMAT_VERSION.to_string().as_bytes())?;
+                    db.flush()?;
+                } else if UPGRADES_FROM.iter().any(|old| found == old.to_string()) {
                     // Formats 1-3 wrote a reply's record once, finished; their replies
                     // reacted to in part are in the inbox. None to look at before now.
                     // Format 4's mark stands.
@@ -642,12 +651,16 @@ impl Store {
         // replayed; too low, finished ones would run again): said, as a damaged mark is.
         let replies_decided_from = meta_id(&meta, REPLIES_DECIDED_FROM)?;
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
+        let msgid = tree("msgid")?;
+        let msgid_tree_used = AtomicBool::new(msgid.iter().next().is_some());
         let inner = Arc::new(Inner {
+            msgids: msgids::MsgIds::open(dir, tree("msgid_journal")?)?,
+            msgid_tree_used,
             appointments: tree("appointments")?,
             appt_start: tree("appt_start")?,
             appt_pending: tree("appt_pending")?,
             outbox: tree("outbox")?,
-            msgid: tree("msgid")?,
+            msgid,
             conversations: tree("conversations")?,
             fired: tree("fired")?,
             optout: tree("optout")?,
@@ -1208,10 +1221,18 @@ impl Store {
             .filter(move |e| !matches!(e, Ok(e) if e.mobile.as_deref() != Some(mobile.as_str())))
     }
 
+    /// Links a message id to its outbox key; on disk with the next flush, like every write.
     pub fn link_message_id(&self, message_id: &str, key: &str) -> Result<()> {
-        self.inner
-            .msgid
-            .insert(msgid_key(message_id), key.as_bytes())?;
+        match uuid::Uuid::parse_str(message_id) {
+            Ok(id) => {
+                self.inner.ops.bump(counted::MSGIDS, OpKind::Write);
+                self.inner.msgids.link(id.as_u128(), key);
+            }
+            Err(_) => {
+                self.inner.msgid_tree_used.store(true, Ordering::Relaxed);
+                self.inner.msgid.insert(message_id, key.as_bytes())?;
+            }
+        }
         Ok(())
     }
 
@@ -1224,12 +1245,24 @@ impl Store {
 
     /// The outbox key of the message the provider calls `message_id` (nothing decoded).
     pub fn message_key(&self, message_id: &str) -> Result<Option<String>> {
+        let uuid = uuid::Uuid::parse_str(message_id).ok();
+        if let Some(id) = uuid {
+            self.inner.ops.bump(counted::MSGIDS, OpKind::Read);
+            if let Some(key) = self.inner.msgids.get(id.as_u128())? {
+                return Ok(Some(key));
+            }
+        }
+        if !self.inner.msgid_tree_used.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         let msgid = &self.inner.msgid;
-        let found = match msgid.get(msgid_key(message_id))? {
-            Some(key) => Some(key),
-            // Linked by an older recuerda, under the id's text.
-            None if uuid::Uuid::parse_str(message_id).is_ok() => msgid.get(message_id)?,
-            None => None,
+        let found = match uuid {
+            // Linked by format 5 (17 bytes), or by an older one (the id's text).
+            Some(id) => match msgid.get(msgid_key(id))? {
+                Some(key) => Some(key),
+                None => msgid.get(message_id)?,
+            },
+            None => msgid.get(message_id)?,
         };
         Ok(found.map(|key| String::from_utf8_lossy(&key).into_owned()))
     }
@@ -1833,12 +1866,7 @@ async fn flusher(
                     .write_last_deeds()
                     .and_then(|()| inner.write_reply_mark())
                 {
-                    Ok(()) => inner
-                        .db
-                        .flush_async()
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string()),
+                    Ok(()) => flush_all(&inner).await,
                     Err(e) => Err(e),
                 };
                 inner
@@ -1852,6 +1880,29 @@ async fn flusher(
             let _ = w.send(result.clone());
         }
     }
+}
+
+/// Writes the message-id journal's record, then flushes sled; starts writing out a segment
+/// if the journal handed over a batch.
+async fn flush_all(inner: &Arc<Inner>) -> std::result::Result<(), String> {
+    let batch = inner.msgids.write_journal().map_err(|e| e.to_string())?;
+    if let Some(batch) = batch {
+        // Off the flusher's path: a segment takes milliseconds, and its links stay readable
+        // in memory until it is in place. The task holds the store (and so sled's lock): no
+        // second opening of the folder can start while it writes.
+        let inner = inner.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = inner.msgids.build(batch) {
+                tracing::warn!(error = %e, "could not write out message ids as a segment; they stay in the journal and are tried again");
+            }
+        });
+    }
+    inner
+        .db
+        .flush_async()
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -2182,32 +2233,47 @@ mod tests {
         assert_eq!(in_flight, ["k"]);
     }
 
-    /// A message id is linked under its 16 bytes when it is a UUID (as the provider's are),
-    /// under its text otherwise, and a link an older recuerda made under a UUID's text is
-    /// still found.
+    /// A UUID message id (as the provider's are) is linked in the `msgids` files, not the
+    /// `msgid` tree, and found again after a reopen; another id in the tree; and links that
+    /// older formats made in the tree (format 5's 16 bytes, older ones' text) are still found.
     #[tokio::test]
-    async fn message_ids_are_linked_compact_and_older_links_still_found() {
+    async fn message_ids_are_linked_in_their_files_and_older_links_still_found() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
         let uuid = "0e1add43-f91c-4e7c-8805-221ef6b27b98";
-        store.link_message_id(uuid, "e-1").unwrap();
+        let format5 = uuid::Uuid::parse_str("6f1c2b7e-1a2b-4c3d-8e9f-001122334455").unwrap();
+        let older = "9a8b7c6d-1a2b-4c3d-8e9f-001122334455";
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.link_message_id(uuid, "e-1").unwrap();
+            assert_eq!(store.message_key(uuid).unwrap().as_deref(), Some("e-1"));
+            assert_eq!(
+                store.message_key(&uuid.to_uppercase()).unwrap().as_deref(),
+                Some("e-1")
+            );
+            assert!(store.inner.msgid.iter().next().is_none(), "not in the tree");
+            assert!(store.message_key(older).unwrap().is_none());
+
+            store.link_message_id("msg-7", "e-2").unwrap();
+            assert_eq!(store.message_key("msg-7").unwrap().as_deref(), Some("e-2"));
+            store
+                .inner
+                .msgid
+                .insert(msgid_key(format5), b"e-3")
+                .unwrap();
+            store.inner.msgid.insert(older, b"e-4").unwrap();
+            store.durable().await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.message_key(uuid).unwrap().as_deref(), Some("e-1"));
-        assert!(
-            store.inner.msgid.get(uuid).unwrap().is_none(),
-            "not under its text"
-        );
-        assert_eq!(
-            store.message_key(&uuid.to_uppercase()).unwrap().as_deref(),
-            Some("e-1")
-        );
-
-        store.link_message_id("msg-7", "e-2").unwrap();
         assert_eq!(store.message_key("msg-7").unwrap().as_deref(), Some("e-2"));
-
-        let older = "6f1c2b7e-1a2b-4c3d-8e9f-001122334455";
-        store.inner.msgid.insert(older, b"e-3").unwrap();
-        assert_eq!(store.message_key(older).unwrap().as_deref(), Some("e-3"));
+        let format5 = format5.to_string();
+        assert_eq!(store.message_key(&format5).unwrap().as_deref(), Some("e-3"));
+        assert_eq!(store.message_key(older).unwrap().as_deref(), Some("e-4"));
         assert!(store.message_key("unknown").unwrap().is_none());
+        assert!(store
+            .message_key("11111111-2222-4333-8444-555555555555")
+            .unwrap()
+            .is_none());
     }
 
     /// A damaged `replies_decided_from` is said at open: no reading of it is safe.

@@ -358,10 +358,10 @@ async fn send_then_sent_delivered_read_and_replays_change_nothing() {
     assert!(value("recuerda_store_flushed_waits_total") >= flushes);
     // The store's operations, per tree and kind: one message id linked, 7 events looked up.
     assert_eq!(
-        value("recuerda_store_operations_total{tree=\"msgid\",op=\"write\"}"),
+        value("recuerda_store_operations_total{tree=\"msgids\",op=\"write\"}"),
         1.0
     );
-    assert!(value("recuerda_store_operations_total{tree=\"msgid\",op=\"read\"}") >= 7.0);
+    assert!(value("recuerda_store_operations_total{tree=\"msgids\",op=\"read\"}") >= 7.0);
     assert!(value("recuerda_store_operations_total{tree=\"outbox\",op=\"write\"}") >= 3.0);
     assert!(
         metrics.contains("recuerda_dispatch_seconds"),

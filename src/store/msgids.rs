@@ -1,0 +1,873 @@
+//! The message-id index: the provider's messageId → the outbox key of the message.
+//!
+//! Why not a sled tree keyed by the id: the provider's ids are random (v4 UUIDs), so every
+//! send inserted a key at a random place of a B-tree — a leaf found, copied, rewritten and
+//! now and then split for one 17-byte key: ~9 % of a reply's CPU, the largest single store
+//! write. Here a link costs an append to a buffer and a hash-map insert. Each group commit
+//! writes the buffer as one record of the `msgid_journal` tree (one sled insert per flush, at
+//! the tree's end, durable with everything else that flush covers); every [`SEGMENT_LINKS`]
+//! links are written out sorted to an immutable segment file with a small in-memory index,
+//! so memory stays bounded however many messages were ever sent, and segments are merged
+//! four at a time (size-tiered), so a look-up probes a handful of files even after years.
+//!
+//! - `msgid_journal`: flush number (u64 BE) → records `id (16) ++ key length (u16 BE) ++
+//!   key`, in the order linked.
+//! - `<store>/msgids/segment-<n>`: header (`MAGIC`, level, highest journal record covered,
+//!   segments replaced), records `id ++ key length ++ key` sorted by id, then a sparse index
+//!   (the first id and the offset of each block of ~[`BLOCK`] bytes) and a trailer with its
+//!   crc. Written under a `.tmp` name, synced and renamed: a segment file is whole or absent.
+//!
+//! Crash safety: a segment is durable before the journal records it covers are removed, and
+//! a merged segment before the segments it replaces; at open, records covered by a segment
+//! and segments replaced by another are deleted, the other records are read back. A link seen
+//! twice (journal and segment, or two segments) names the same key: harmless.
+
+use super::counted::Tree;
+use super::{Result, StoreError};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+/// Links held in memory (and in the journal) before they are written out as a segment:
+/// ~110 bytes each, so ~2 MiB at most.
+pub(super) const SEGMENT_LINKS: usize = 16_384;
+/// Segments of one level merged into one of the next.
+const FAN_IN: usize = 4;
+/// Bytes of records per block of the sparse index: one read per segment probed.
+const BLOCK: usize = 4096;
+const MAGIC: &[u8; 8] = b"RCMSGSG1";
+const END_MAGIC: &[u8; 8] = b"RCMSGEND";
+const DIR: &str = "msgids";
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Io(format!("{what} `{}`: {e}", path.display()))
+}
+
+fn corrupt(path: &Path, message: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        tree: "msgids",
+        key: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+pub(super) struct MsgIds {
+    dir: PathBuf,
+    journal: Tree,
+    live: Mutex<Live>,
+    /// Newest first.
+    segments: RwLock<Arc<Vec<Arc<Segment>>>>,
+    /// A segment build (and the merges after it) is under way.
+    building: AtomicBool,
+    next_segment: AtomicU64,
+}
+
+type Links = HashMap<u128, Box<str>>;
+
+struct Live {
+    /// Links not yet in a segment, but those being written out as one.
+    recent: Links,
+    /// Links being written out as a segment (until it is installed).
+    frozen: Option<Arc<Links>>,
+    /// Journal records not yet written, and the number of the next record.
+    pending: Vec<u8>,
+    next_record: u64,
+}
+
+/// Links handed over by a flush, to be written out as a segment by [`MsgIds::build`].
+pub(super) struct Batch {
+    links: Arc<Links>,
+    /// Every journal record up to this one is covered once the segment is written.
+    covers: u64,
+}
+
+struct Segment {
+    no: u64,
+    level: u8,
+    /// Every journal record up to this one is in this segment or one it replaced.
+    covers: u64,
+    path: PathBuf,
+    file: File,
+    /// First id of each block and its offset; `blocks_end` ends the last block.
+    sparse: Vec<(u128, u64)>,
+    blocks_end: u64,
+    last_id: u128,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while a lock was held left whole values behind (no partial updates here).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn segment_path(dir: &Path, no: u64) -> PathBuf {
+    dir.join(format!("segment-{no:016x}"))
+}
+
+fn parse_no(name: &str, prefix: &str) -> Option<u64> {
+    name.strip_prefix(prefix)
+        .filter(|n| n.len() == 16)
+        .and_then(|n| u64::from_str_radix(n, 16).ok())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("cannot sync the folder", dir, e))
+}
+
+/// `id ++ len ++ key` (the record without its crc).
+fn put_record(out: &mut Vec<u8>, id: u128, key: &str) {
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    out.extend_from_slice(key.as_bytes());
+}
+
+impl MsgIds {
+    /// Opens the index of the store in `store_dir`, deleting what a crash left behind and
+    /// reading back the journal records not yet covered by a segment.
+    pub(super) fn open(store_dir: &Path, journal: Tree) -> Result<MsgIds> {
+        let dir = store_dir.join(DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| io_error("cannot create", &dir, e))?;
+        let mut segments = Vec::new();
+        let entries = std::fs::read_dir(&dir).map_err(|e| io_error("cannot list", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error("cannot list", &dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                // A segment cut short by a crash: its links are still in the journal or in
+                // the segments it was merging.
+                remove(&entry.path())?;
+            } else if let Some(no) = parse_no(&name, "segment-") {
+                segments.push(Segment::open(&dir, no)?);
+            }
+        }
+        let replaced: Vec<u64> = segments.iter().flat_map(|s| s.1.clone()).collect();
+        let covered = segments.iter().map(|s| s.0.covers).max();
+        let mut kept = Vec::new();
+        for (segment, _) in segments {
+            if replaced.contains(&segment.no) {
+                remove(&segment.path)?;
+            } else {
+                kept.push(Arc::new(segment));
+            }
+        }
+        kept.sort_by_key(|s| std::cmp::Reverse(s.no));
+        let mut recent = HashMap::new();
+        let mut next_record = 0;
+        for item in journal.iter() {
+            let (k, v) = item?;
+            let no = record_no(&k)?;
+            next_record = no + 1;
+            if covered.is_some_and(|c| no <= c) {
+                journal.remove(k)?;
+            } else {
+                read_record(&v, &mut recent).map_err(|message| StoreError::Corrupt {
+                    tree: "msgid_journal",
+                    key: no.to_string(),
+                    message,
+                })?;
+            }
+        }
+        let next_record = next_record.max(covered.map_or(0, |c| c + 1));
+        let next_segment = kept.iter().map(|s| s.no).max().unwrap_or(0) + 1;
+        Ok(MsgIds {
+            dir,
+            journal,
+            live: Mutex::new(Live {
+                recent,
+                frozen: None,
+                pending: Vec::new(),
+                next_record,
+            }),
+            segments: RwLock::new(Arc::new(kept)),
+            building: AtomicBool::new(false),
+            next_segment: next_segment.into(),
+        })
+    }
+
+    /// Links `id` to `key`; on disk with the next flush.
+    pub(super) fn link(&self, id: u128, key: &str) {
+        let mut live = lock(&self.live);
+        put_record(&mut live.pending, id, key);
+        live.recent.insert(id, key.into());
+    }
+
+    /// The key linked to `id`, if any.
+    pub(super) fn get(&self, id: u128) -> Result<Option<String>> {
+        {
+            let live = lock(&self.live);
+            let frozen = live.frozen.as_ref().and_then(|f| f.get(&id));
+            if let Some(key) = live.recent.get(&id).or(frozen) {
+                return Ok(Some(key.to_string()));
+            }
+        }
+        // Read after `recent`: a segment is installed before its links leave `recent`.
+        let segments = self
+            .segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for segment in segments.iter() {
+            if let Some(key) = segment.find(id)? {
+                return Ok(Some(key));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes the links made since the last call as one journal record (called by the
+    /// flusher, before sled's flush). When enough links are held, they are handed over, to
+    /// be written out as a segment off the flusher's path.
+    pub(super) fn write_journal(&self) -> Result<Option<Batch>> {
+        let mut live = lock(&self.live);
+        let rotate =
+            live.recent.len() >= SEGMENT_LINKS && !self.building.swap(true, Ordering::AcqRel);
+        if live.pending.is_empty() && !rotate {
+            return Ok(None);
+        }
+        let no = live.next_record;
+        live.next_record += 1;
+        let bytes = std::mem::take(&mut live.pending);
+        let batch = rotate.then(|| {
+            // Moved, not copied: look-ups read `frozen` until the segment is in place.
+            let links = Arc::new(std::mem::take(&mut live.recent));
+            live.frozen = Some(links.clone());
+            Batch { links, covers: no }
+        });
+        // Under the lock, so records are written in the order of their numbers.
+        if let Err(e) = self.journal.insert(no.to_be_bytes(), bytes) {
+            if batch.is_some() {
+                thaw(&mut live);
+                self.building.store(false, Ordering::Release);
+            }
+            // The links are still held in memory; only a restart before a later flush
+            // succeeds loses them (and the flush is reported failed).
+            return Err(e.into());
+        }
+        Ok(batch)
+    }
+
+    /// Writes `batch` out as a segment, then merges while a level holds [`FAN_IN`]
+    /// segments (blocking; run off the flusher's path).
+    pub(super) fn build(&self, batch: Batch) -> Result<()> {
+        let result = self.build_inner(batch);
+        if result.is_err() {
+            // The links go back with those held, and are written out with them next time
+            // (their journal records are removed only once a segment covers them).
+            thaw(&mut lock(&self.live));
+        }
+        self.building.store(false, Ordering::Release);
+        result
+    }
+
+    fn build_inner(&self, batch: Batch) -> Result<()> {
+        let no = self.next_segment.fetch_add(1, Ordering::Relaxed);
+        let mut sorted: Vec<(u128, &str)> =
+            batch.links.iter().map(|(id, key)| (*id, &**key)).collect();
+        sorted.sort_unstable_by_key(|l| l.0);
+        let records = sorted
+            .into_iter()
+            .map(|(id, key)| Ok((id, key.to_string())));
+        let segment = write_segment(&self.dir, no, 0, batch.covers, &[], records)?;
+        self.install(Arc::new(segment), &[]);
+        lock(&self.live).frozen = None;
+        for item in self.journal.range(..=batch.covers.to_be_bytes()) {
+            self.journal.remove(item?.0)?;
+        }
+        loop {
+            let segments = self.segments();
+            let Some(level) =
+                (0..=u8::MAX).find(|&l| segments.iter().filter(|s| s.level == l).count() >= FAN_IN)
+            else {
+                return Ok(());
+            };
+            // The oldest FAN_IN of that level.
+            let mut inputs: Vec<Arc<Segment>> = segments
+                .iter()
+                .filter(|s| s.level == level)
+                .cloned()
+                .collect();
+            inputs.sort_by_key(|s| s.no);
+            inputs.truncate(FAN_IN);
+            self.merge(&inputs, level + 1)?;
+        }
+    }
+
+    fn segments(&self) -> Arc<Vec<Arc<Segment>>> {
+        self.segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn install(&self, segment: Arc<Segment>, replaced: &[u64]) {
+        let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        let mut next: Vec<Arc<Segment>> = segments
+            .iter()
+            .filter(|s| !replaced.contains(&s.no))
+            .cloned()
+            .collect();
+        next.push(segment);
+        next.sort_by_key(|s| std::cmp::Reverse(s.no));
+        *segments = Arc::new(next);
+    }
+
+    fn merge(&self, inputs: &[Arc<Segment>], level: u8) -> Result<()> {
+        let no = self.next_segment.fetch_add(1, Ordering::Relaxed);
+        let replaced: Vec<u64> = inputs.iter().map(|s| s.no).collect();
+        let mut readers = inputs
+            .iter()
+            .map(|s| s.records())
+            .collect::<Result<Vec<_>>>()?;
+        let mut heads = readers
+            .iter_mut()
+            .map(|r| r.next())
+            .collect::<Result<Vec<_>>>()?;
+        let merged = std::iter::from_fn(|| {
+            let (i, _) = heads
+                .iter()
+                .enumerate()
+                .filter_map(|(i, h)| h.as_ref().map(|(id, _)| (i, *id)))
+                .min_by_key(|&(_, id)| id)?;
+            let (id, key) = heads[i].take()?;
+            // The same id in several inputs (a crash between a merge and the deletion of
+            // what it replaced): kept once.
+            for (j, head) in heads.iter_mut().enumerate() {
+                if j != i && matches!(head, Some((other, _)) if *other == id) {
+                    *head = None;
+                    match readers[j].next() {
+                        Ok(h) => *head = h,
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+            }
+            match readers[i].next() {
+                Ok(h) => heads[i] = h,
+                Err(e) => return Some(Err(e)),
+            }
+            Some(Ok((id, key)))
+        });
+        let covers = inputs.iter().map(|s| s.covers).max().unwrap_or(0);
+        let segment = write_segment(&self.dir, no, level, covers, &replaced, merged)?;
+        self.install(Arc::new(segment), &replaced);
+        for input in inputs {
+            remove(&input.path)?;
+        }
+        Ok(())
+    }
+
+    /// Links held in memory, and segments on disk (for tests and the benchmark's notes).
+    #[cfg(test)]
+    pub(super) fn shape(&self) -> (usize, Vec<u8>) {
+        let live = lock(&self.live);
+        let recent = live.recent.len() + live.frozen.as_ref().map_or(0, |f| f.len());
+        (recent, self.segments().iter().map(|s| s.level).collect())
+    }
+}
+
+impl Drop for MsgIds {
+    fn drop(&mut self) {
+        // Links made after the last flush (a clean close flushes first, so rarely any):
+        // written for sled's closing flush.
+        let live = self.live.get_mut().unwrap_or_else(|p| p.into_inner());
+        if !live.pending.is_empty() {
+            let bytes = std::mem::take(&mut live.pending);
+            let _ = self.journal.insert(live.next_record.to_be_bytes(), bytes);
+        }
+    }
+}
+
+/// Moves the links being written out back with those held.
+fn thaw(live: &mut Live) {
+    if let Some(frozen) = live.frozen.take() {
+        let links = Arc::try_unwrap(frozen).unwrap_or_else(|shared| (*shared).clone());
+        for (id, key) in links {
+            live.recent.entry(id).or_insert(key);
+        }
+    }
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error("cannot remove", path, e)),
+    }
+}
+
+fn record_no(key: &[u8]) -> Result<u64> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| StoreError::Corrupt {
+        tree: "msgid_journal",
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: "a journal record's key is not 8 bytes".into(),
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn read_record(bytes: &[u8], recent: &mut Links) -> std::result::Result<(), String> {
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes.len() < at + 18 {
+            return Err(format!("a link is cut short at byte {at}"));
+        }
+        let len = u16::from_be_bytes([bytes[at + 16], bytes[at + 17]]) as usize;
+        let end = at + 18 + len;
+        if bytes.len() < end {
+            return Err(format!("a link is cut short at byte {at}"));
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&bytes[at..at + 16]);
+        let key = String::from_utf8_lossy(&bytes[at + 18..end]);
+        recent.insert(u128::from_be_bytes(id), key.into());
+        at = end;
+    }
+    Ok(())
+}
+
+/// Writes a segment from records sorted by id, under a `.tmp` name first.
+fn write_segment(
+    dir: &Path,
+    no: u64,
+    level: u8,
+    covers: u64,
+    replaced: &[u64],
+    records: impl Iterator<Item = Result<(u128, String)>>,
+) -> Result<Segment> {
+    let path = segment_path(dir, no);
+    let tmp = path.with_extension("tmp");
+    let file = File::create(&tmp).map_err(|e| io_error("cannot create", &tmp, e))?;
+    let mut out = BufWriter::with_capacity(64 * 1024, file);
+    let mut header = Vec::new();
+    header.extend_from_slice(MAGIC);
+    header.push(level);
+    header.extend_from_slice(&covers.to_be_bytes());
+    header.extend_from_slice(&(replaced.len() as u32).to_be_bytes());
+    for r in replaced {
+        header.extend_from_slice(&r.to_be_bytes());
+    }
+    let write_err = |e| io_error("cannot write", &tmp, e);
+    out.write_all(&header).map_err(write_err)?;
+    let mut at = header.len() as u64;
+    let mut block_start = at;
+    let mut sparse: Vec<(u128, u64)> = Vec::new();
+    let mut record = Vec::new();
+    let mut last_id = 0;
+    for item in records {
+        let (id, key) = item?;
+        if sparse.is_empty() || (at - block_start) as usize >= BLOCK {
+            sparse.push((id, at));
+            block_start = at;
+        }
+        record.clear();
+        put_record(&mut record, id, &key);
+        out.write_all(&record).map_err(write_err)?;
+        at += record.len() as u64;
+        last_id = id;
+    }
+    let blocks_end = at;
+    let mut footer = Vec::with_capacity(sparse.len() * 24 + 40);
+    for (id, offset) in &sparse {
+        footer.extend_from_slice(&id.to_be_bytes());
+        footer.extend_from_slice(&offset.to_be_bytes());
+    }
+    footer.extend_from_slice(&(sparse.len() as u64).to_be_bytes());
+    footer.extend_from_slice(&blocks_end.to_be_bytes());
+    footer.extend_from_slice(&last_id.to_be_bytes());
+    let crc = crc32fast::hash(&footer);
+    footer.extend_from_slice(&crc.to_be_bytes());
+    footer.extend_from_slice(END_MAGIC);
+    out.write_all(&footer).map_err(write_err)?;
+    let file = out
+        .into_inner()
+        .map_err(|e| io_error("cannot write", &tmp, e.into_error()))?;
+    file.sync_all().map_err(write_err)?;
+    drop(file);
+    std::fs::rename(&tmp, &path).map_err(|e| io_error("cannot rename", &tmp, e))?;
+    sync_dir(dir)?;
+    let file = File::open(&path).map_err(|e| io_error("cannot open", &path, e))?;
+    Ok(Segment {
+        no,
+        level,
+        covers,
+        path,
+        file,
+        sparse,
+        blocks_end,
+        last_id,
+    })
+}
+
+/// Trailer: sparse count (8), blocks end (8), last id (16), crc (4), end magic (8).
+const TRAILER: usize = 8 + 8 + 16 + 4 + 8;
+
+impl Segment {
+    /// Opens a segment, reading its header and sparse index: `(segment, replaced)`.
+    fn open(dir: &Path, no: u64) -> Result<(Segment, Vec<u64>)> {
+        let path = segment_path(dir, no);
+        let file = File::open(&path).map_err(|e| io_error("cannot open", &path, e))?;
+        let read_err = |e| io_error("cannot read", &path, e);
+        let len = file.metadata().map_err(read_err)?.len();
+        let read = |at: u64, n: usize| -> Result<Vec<u8>> {
+            let mut buf = vec![0; n];
+            file.read_exact_at(&mut buf, at)
+                .map_err(|e| io_error("cannot read", &path, e))?;
+            Ok(buf)
+        };
+        if len < (TRAILER + 21) as u64 {
+            return Err(corrupt(
+                &path,
+                "shorter than a segment's header and trailer",
+            ));
+        }
+        let head = read(0, 21)?;
+        if &head[..8] != MAGIC {
+            return Err(corrupt(&path, "not a recuerda message-id segment"));
+        }
+        let level = head[8];
+        let covers = u64::from_be_bytes(head[9..17].try_into().unwrap_or_default());
+        let n_replaced = u32::from_be_bytes(head[17..21].try_into().unwrap_or_default()) as u64;
+        let replaced_bytes = read(21, (n_replaced * 8).min(len) as usize)?;
+        let replaced = replaced_bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default()))
+            .collect();
+        let trailer = read(len - TRAILER as u64, TRAILER)?;
+        if &trailer[TRAILER - 8..] != END_MAGIC {
+            return Err(corrupt(&path, "its trailer is missing"));
+        }
+        let n = u64::from_be_bytes(trailer[..8].try_into().unwrap_or_default());
+        let blocks_end = u64::from_be_bytes(trailer[8..16].try_into().unwrap_or_default());
+        let last_id = u128::from_be_bytes(trailer[16..32].try_into().unwrap_or_default());
+        let crc = u32::from_be_bytes(trailer[32..36].try_into().unwrap_or_default());
+        let sparse_len = n.checked_mul(24).filter(|&l| l + (TRAILER as u64) <= len);
+        let Some(sparse_len) = sparse_len else {
+            return Err(corrupt(&path, "its index is longer than the file"));
+        };
+        let footer_at = len - TRAILER as u64 - sparse_len;
+        let mut footer = read(footer_at, sparse_len as usize + TRAILER - 12)?;
+        if crc32fast::hash(&footer) != crc || blocks_end > footer_at {
+            return Err(corrupt(&path, "its index fails its checksum"));
+        }
+        footer.truncate(sparse_len as usize);
+        let sparse = footer
+            .chunks_exact(24)
+            .map(|c| {
+                (
+                    u128::from_be_bytes(c[..16].try_into().unwrap_or_default()),
+                    u64::from_be_bytes(c[16..].try_into().unwrap_or_default()),
+                )
+            })
+            .collect();
+        let segment = Segment {
+            no,
+            level,
+            covers,
+            path,
+            file,
+            sparse,
+            blocks_end,
+            last_id,
+        };
+        Ok((segment, replaced))
+    }
+
+    fn find(&self, id: u128) -> Result<Option<String>> {
+        let Some(first) = self.sparse.first() else {
+            return Ok(None);
+        };
+        if id < first.0 || id > self.last_id {
+            return Ok(None);
+        }
+        let block = self.sparse.partition_point(|(first, _)| *first <= id) - 1;
+        let start = self.sparse[block].1;
+        let end = self
+            .sparse
+            .get(block + 1)
+            .map_or(self.blocks_end, |next| next.1);
+        let mut buf = vec![0; (end - start) as usize];
+        self.file
+            .read_exact_at(&mut buf, start)
+            .map_err(|e| io_error("cannot read", &self.path, e))?;
+        let mut at = 0;
+        while at + 18 <= buf.len() {
+            let found = u128::from_be_bytes(buf[at..at + 16].try_into().unwrap_or_default());
+            let len = u16::from_be_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            let end = at + 18 + len;
+            if end > buf.len() {
+                return Err(corrupt(&self.path, "a record runs past its block"));
+            }
+            if found == id {
+                return Ok(Some(
+                    String::from_utf8_lossy(&buf[at + 18..end]).into_owned(),
+                ));
+            }
+            if found > id {
+                break;
+            }
+            at = end;
+        }
+        Ok(None)
+    }
+
+    /// The segment's records in id order (for a merge).
+    fn records(&self) -> Result<SegmentRecords> {
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|e| io_error("cannot read", &self.path, e))?;
+        let start = self.sparse.first().map_or(self.blocks_end, |s| s.1);
+        let mut reader = BufReader::with_capacity(64 * 1024, file);
+        std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(start))
+            .map_err(|e| io_error("cannot read", &self.path, e))?;
+        Ok(SegmentRecords {
+            reader,
+            left: self.blocks_end - start,
+            path: self.path.clone(),
+        })
+    }
+}
+
+struct SegmentRecords {
+    reader: BufReader<File>,
+    left: u64,
+    path: PathBuf,
+}
+
+impl SegmentRecords {
+    fn next(&mut self) -> Result<Option<(u128, String)>> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        let err = |e| io_error("cannot read", &self.path, e);
+        let mut head = [0u8; 18];
+        self.reader.read_exact(&mut head).map_err(err)?;
+        let id = u128::from_be_bytes(head[..16].try_into().unwrap_or_default());
+        let len = u16::from_be_bytes([head[16], head[17]]) as usize;
+        let mut key = vec![0; len];
+        self.reader.read_exact(&mut key).map_err(err)?;
+        self.left = self.left.saturating_sub(18 + len as u64);
+        Ok(Some((id, String::from_utf8_lossy(&key).into_owned())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::counted::OpCounts;
+    use super::*;
+
+    /// An index on a sled store of its own in `dir`.
+    struct Opened {
+        ids: MsgIds,
+        db: sled::Db,
+    }
+
+    fn open(dir: &Path) -> Opened {
+        let db = open_db(dir);
+        let journal = Tree::open(&db, "msgid_journal", &Arc::new(OpCounts::default())).unwrap();
+        Opened {
+            ids: MsgIds::open(dir, journal).unwrap(),
+            db,
+        }
+    }
+
+    /// sled's threads let go of a closed store's lock a moment after it is dropped.
+    fn open_db(dir: &Path) -> sled::Db {
+        for _ in 0..100 {
+            if let Ok(db) = sled::Config::new().path(dir).open() {
+                return db;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        sled::Config::new().path(dir).open().unwrap()
+    }
+
+    impl Opened {
+        /// What the flusher does, in line: the journal record, then the segment if one is due.
+        fn flush(&self) {
+            if let Some(batch) = self.ids.write_journal().unwrap() {
+                self.ids.build(batch).unwrap();
+            }
+            self.db.flush().unwrap();
+        }
+
+        fn close(self) {
+            let Opened { ids, db } = self;
+            drop(ids);
+            db.flush().unwrap();
+        }
+
+        fn journal_records(&self) -> usize {
+            self.db.open_tree("msgid_journal").unwrap().len()
+        }
+    }
+
+    fn id(n: u64) -> u128 {
+        // Spread over the id space, as random UUIDs are.
+        (n as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835) | 1
+    }
+
+    fn key(n: u64) -> String {
+        format!("reply-{n}:confirm:0")
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join(DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn assert_all_found(ids: &MsgIds, n: u64) {
+        for i in 0..n {
+            assert_eq!(ids.get(id(i)).unwrap(), Some(key(i)), "link {i}");
+        }
+        assert_eq!(ids.get(id(n + 1)).unwrap(), None);
+        assert_eq!(ids.get(0).unwrap(), None);
+        assert_eq!(ids.get(u128::MAX).unwrap(), None);
+    }
+
+    #[test]
+    fn links_are_found_in_memory_and_after_a_reopen_from_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = open(dir.path());
+        for i in 0..100 {
+            o.ids.link(id(i), &key(i));
+        }
+        assert_all_found(&o.ids, 100);
+        o.flush();
+        // Linked after the last flush: written when the index is dropped.
+        o.ids.link(id(100), &key(100));
+        o.close();
+        let o = open(dir.path());
+        assert_all_found(&o.ids, 101);
+        assert_eq!(o.ids.shape(), (101, vec![]));
+        assert_eq!(o.journal_records(), 2);
+    }
+
+    #[test]
+    fn held_links_are_written_out_as_segments_and_merged_four_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        // Flushed every 1,000 links: each segment takes the first multiple of 1,000 at or
+        // over SEGMENT_LINKS; five of them, and ten links more.
+        let per = SEGMENT_LINKS.div_ceil(1000) as u64 * 1000;
+        let n = per * 5 + 10;
+        let o = open(dir.path());
+        for i in 0..n {
+            o.ids.link(id(i), &key(i));
+            if i % 1000 == 999 {
+                o.flush();
+            }
+        }
+        o.flush();
+        let (held, levels) = o.ids.shape();
+        assert_eq!(held, 10);
+        assert_eq!(levels, vec![0, 1], "four level-0 segments merged into one");
+        assert_all_found(&o.ids, n);
+        assert_eq!(
+            o.journal_records(),
+            1,
+            "records covered by a segment are removed"
+        );
+        o.close();
+        let names = files(dir.path());
+        assert_eq!(names.len(), 2, "{names:?}");
+        let o = open(dir.path());
+        assert_all_found(&o.ids, n);
+        assert_eq!(o.ids.shape(), (10, vec![0, 1]));
+    }
+
+    #[test]
+    fn a_crash_s_leftovers_are_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = SEGMENT_LINKS as u64 + 5;
+        let o = open(dir.path());
+        for i in 0..n {
+            o.ids.link(id(i), &key(i));
+        }
+        o.flush();
+        o.flush();
+        for i in n..n + 3 {
+            o.ids.link(id(i), &key(i));
+        }
+        // A crash before the covered records' removal was on disk, and mid-segment.
+        o.db.open_tree("msgid_journal")
+            .unwrap()
+            .insert(0u64.to_be_bytes(), &[])
+            .unwrap();
+        o.close();
+        std::fs::write(
+            dir.path().join(DIR).join("segment-00000000000000ff.tmp"),
+            b"x",
+        )
+        .unwrap();
+
+        let o = open(dir.path());
+        assert_all_found(&o.ids, n + 3);
+        assert_eq!(o.ids.shape(), (3, vec![0]));
+        assert_eq!(o.journal_records(), 1, "the covered record is removed");
+        let names = files(dir.path());
+        assert_eq!(names, ["segment-0000000000000001"]);
+        o.close();
+    }
+
+    #[test]
+    fn a_merge_cut_short_before_deleting_its_inputs_reads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = (SEGMENT_LINKS * 4) as u64;
+        let kept = dir.path().join("kept");
+        let o = open(dir.path());
+        for i in 0..n {
+            o.ids.link(id(i), &key(i));
+            if i % 4096 == 4095 {
+                o.flush();
+                // A copy of the first level-0 segment, as if the merge's crash had left it.
+                if !kept.exists() {
+                    if let Some(s) = o.ids.segments().first() {
+                        std::fs::copy(&s.path, &kept).unwrap();
+                    }
+                }
+            }
+        }
+        o.flush();
+        assert_eq!(o.ids.shape().1, vec![1]);
+        o.close();
+        std::fs::copy(&kept, segment_path(&dir.path().join(DIR), 1)).unwrap();
+        let o = open(dir.path());
+        assert_eq!(o.ids.shape().1, vec![1], "the replaced segment is deleted");
+        assert_all_found(&o.ids, n);
+        assert_eq!(files(dir.path()).len(), 1);
+    }
+
+    #[test]
+    fn a_damaged_segment_is_said_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = open(dir.path());
+        for i in 0..SEGMENT_LINKS as u64 {
+            o.ids.link(id(i), &key(i));
+        }
+        o.flush();
+        o.flush();
+        o.close();
+        let path = segment_path(&dir.path().join(DIR), 1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() - TRAILER - 5;
+        bytes[at] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        let db = open_db(dir.path());
+        let journal = Tree::open(&db, "msgid_journal", &Arc::new(OpCounts::default())).unwrap();
+        let err = MsgIds::open(dir.path(), journal)
+            .err()
+            .expect("opened a damaged segment");
+        let text = err.to_string();
+        assert!(
+            text.contains("segment-0000000000000001") && text.contains("checksum"),
+            "{text}"
+        );
+    }
+}
