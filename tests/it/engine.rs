@@ -370,6 +370,37 @@ async fn send_then_sent_delivered_read_and_replays_change_nothing() {
     t.shutdown().await;
 }
 
+/// A message's link to the provider's id outlives a restart: delivery events for a message
+/// sent before it are applied after it (the link comes back from the store's journal).
+#[tokio::test]
+async fn delivery_events_after_a_restart_find_the_message_sent_before_it() {
+    let mut sim = sim_config();
+    sim.delays.delivered = Duration::from_secs(600);
+    sim.delays.read = Duration::from_secs(600);
+    let mut t = spawn_app(RULES, sim, |_| {}).await;
+    let r = t
+        .put_appointment("A1", appointment("+57 310 233 4455"))
+        .await;
+    assert_eq!(r.status(), 201);
+    let msg = eventually("the reminder reads `sent`", || async {
+        message_status(&t, "573102334455", 990)
+            .await
+            .filter(|m| m["status"] == "sent")
+    })
+    .await;
+    let id = msg["message_id"].as_str().unwrap().to_string();
+
+    t.stop_engine().await;
+    t.start_engine().await;
+    for event in [DeliveryEvent::Delivered, DeliveryEvent::Read] {
+        t.sim.push_event(&id, event, None).await.unwrap();
+    }
+    t.app().engine.drain_inbox().await.unwrap();
+    let msg = t.get(&format!("/api/v1/messages/{id}")).await;
+    assert_eq!(msg["status"], "read", "{msg}");
+    t.shutdown().await;
+}
+
 #[tokio::test]
 async fn reply_one_confirms_two_cancels_gibberish_gets_help_and_baja_opts_out() {
     let t = spawn_app(RULES, sim_config(), |_| {}).await;
