@@ -35,9 +35,9 @@ impl OpKind {
     }
 }
 
-/// The trees of the store, in the order their counters are kept; `msgids` is not a sled
-/// tree but the message-id index (see `msgids`), counted alike.
-pub const TREES: [&str; 18] = [
+/// The trees of the store, in the order their counters are kept; `msgids` and `mobiles` are
+/// not sled trees but the indexes of `idindex`, counted alike.
+pub const TREES: [&str; 20] = [
     "meta",
     "appointments",
     "appt_start",
@@ -55,11 +55,14 @@ pub const TREES: [&str; 18] = [
     "due",
     "due_keys",
     "msgid_journal",
+    "mobile_journal",
     "msgids",
+    "mobiles",
 ];
 
-/// The index of `msgids` in [`TREES`].
-pub const MSGIDS: usize = TREES.len() - 1;
+/// The indexes of `msgids` and `mobiles` in [`TREES`].
+pub const MSGIDS: usize = TREES.len() - 2;
+pub const MOBILES: usize = TREES.len() - 1;
 
 const KINDS: usize = OpKind::ALL.len();
 const SLOTS: usize = TREES.len() * KINDS;
@@ -121,6 +124,12 @@ impl OpCounts {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests: the next insert on this thread fails (a disk error for a moment).
+    pub static FAIL_NEXT_INSERT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// A sled tree whose operations are counted. Only the operations the store uses are here.
 #[derive(Clone)]
 pub struct Tree {
@@ -147,6 +156,11 @@ impl Tree {
         self.counts.bump(self.index, kind);
     }
 
+    /// The tree's name, one of [`TREES`].
+    pub fn name(&self) -> &'static str {
+        TREES[self.index]
+    }
+
     pub fn get<K: AsRef<[u8]>>(&self, key: K) -> sled::Result<Option<sled::IVec>> {
         self.count(OpKind::Read);
         self.tree.get(key)
@@ -169,6 +183,10 @@ impl Tree {
         value: V,
     ) -> sled::Result<Option<sled::IVec>> {
         self.count(OpKind::Write);
+        #[cfg(test)]
+        if FAIL_NEXT_INSERT.with(|f| f.replace(false)) {
+            return Err(sled::Error::Io(std::io::Error::other("injected")));
+        }
         self.tree.insert(key, value)
     }
 

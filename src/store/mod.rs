@@ -11,10 +11,11 @@
 //!   whole outbox) but those `handed_off`, which their reply stands for instead: at open the
 //!   entries of every reply from the reply mark on, and of every inbox item (keyed under
 //!   [`reply_occasion`], so one prefix scan each), are put in the queue;
-//!   `m` ++ mobile ++ 0 ++ key → () (messages by patient)
+//!   messages by patient in the `mobiles` index (`idindex`: a hash of the mobile, then a
+//!   hash of the key → key; older formats' `m` ++ mobile ++ 0 ++ key → () still read)
 //! - provider messageId → outbox key: for UUIDs (what the provider gives) in files of their
-//!   own beside sled's (`msgids`: a journal and sorted segments, no random B-tree insert per
-//!   send); in the `msgid` tree for other ids, and for links made by older formats (a UUID
+//!   own beside sled's (`msgids`, see `idindex`: a journal and sorted segments, no random
+//!   B-tree insert per send); in the `msgid` tree for other ids, and for links made by older formats (a UUID
 //!   as 0 ++ its 16 bytes, see `msgid_key`, or as its text)
 //! - `conversations`: custom_field → [`Conversation`]
 //! - `fired`: occasion → [`Fired`] (what already fired: idempotency)
@@ -43,7 +44,7 @@
 mod codec;
 mod counted;
 mod due_groups;
-mod msgids;
+mod idindex;
 mod reply_mark;
 
 use codec::Compact;
@@ -77,9 +78,10 @@ use tokio::sync::{mpsc, oneshot};
 /// (see `engine::react`). A version-4 recuerda would take such a record for a finished
 /// reaction, and refuses a version-5 store; a version-4 store opens as it is (its mark kept,
 /// its `received` records decided when replayed).
-/// 6: message ids (UUIDs) are linked to their messages in the `msgids` files, not the
-/// `msgid` tree (which older links are still read from). A version-5 recuerda would not find
-/// those links, and refuses a version-6 store; a version-5 store opens as it is.
+/// 6: message ids (UUIDs) and the messages of each mobile are indexed in `idindex` (the
+/// `msgids` and `mobiles` indexes), not the `msgid` tree and the outbox's `m` keys (which
+/// older links are still read from). A version-5 recuerda would not find those links, and
+/// refuses a version-6 store; a version-5 store opens as it is.
 pub const FORMAT_VERSION: u32 = 6;
 /// Older formats this recuerda opens, and upgrades on opening.
 const UPGRADES_FROM: &[u32] = &[1, 2, 3, 4, 5];
@@ -310,8 +312,11 @@ struct Inner {
     appt_pending: Tree,
     outbox: Tree,
     msgid: Tree,
-    /// UUID message ids' links (see `msgids`).
-    msgids: msgids::MsgIds,
+    /// UUID message ids' links, and the messages of each mobile (see `idindex`).
+    msgids: idindex::IdIndex,
+    mobiles: idindex::IdIndex,
+    /// The outbox holds `m` keys (written by older formats): listings by mobile read them too.
+    mobile_keys_used: bool,
     /// The `msgid` tree holds links (older formats', or ids that are not UUIDs): look-ups
     /// missing `msgids` read it too.
     msgid_tree_used: AtomicBool,
@@ -476,18 +481,11 @@ fn settle_handed_off(old: &Indexed, new: &mut OutboxEntry) {
     }
 }
 
-/// The index keys changing entry `key` from `old` to `new` adds (written before the entry).
-/// Marking an entry `sending` keeps its queue key: none on the way out.
-fn index_keys_added(key: &str, old: &Indexed, new: &OutboxEntry) -> Vec<Vec<u8>> {
-    let mut keys = Vec::new();
+/// The sled index key changing entry `key` from `old` to `new` adds (written before the
+/// entry). Marking an entry `sending` keeps its queue key: none on the way out.
+fn index_keys_added(key: &str, old: &Indexed, new: &OutboxEntry) -> Option<Vec<u8>> {
     let new_q = pending_queue_key(new.status, new.not_before, new.handed_off, key);
-    if let Some(q) = new_q.filter(|q| old.queue_key(key).as_ref() != Some(q)) {
-        keys.push(q);
-    }
-    if let Some(m) = new.mobile.as_ref().filter(|_| old.mobile != new.mobile) {
-        keys.push(mobile_key(m, key));
-    }
-    keys
+    new_q.filter(|q| old.queue_key(key).as_ref() != Some(q))
 }
 
 fn queue_key(not_before: DateTime<Utc>, key: &str) -> Vec<u8> {
@@ -509,12 +507,34 @@ fn meta_id(meta: &Tree, key: &'static str) -> Result<u128> {
     }
 }
 
-/// Every index key entry `e` has: its queue key if it is pending in the stored queue, and
-/// its mobile key.
-fn index_keys(e: &OutboxEntry) -> impl Iterator<Item = Vec<u8>> + '_ {
+/// Every sled index key entry `e` has: its queue key if it is pending in the stored queue
+/// (its mobile is linked in the `mobiles` index: see [`Store::link_mobile`]).
+fn index_keys(e: &OutboxEntry) -> Option<Vec<u8>> {
     pending_queue_key(e.status, e.not_before, e.handed_off, &e.key)
-        .into_iter()
-        .chain(e.mobile.as_ref().map(|m| mobile_key(m, &e.key)))
+}
+
+/// The mobile a change of an entry from `old` to `new` must link (a new one).
+fn mobile_added<'a>(old: &Indexed, new: &'a OutboxEntry) -> Option<&'a str> {
+    new.mobile.as_deref().filter(|_| old.mobile != new.mobile)
+}
+
+/// FNV-1a, 64 bits: a hash that never changes with the Rust version (ids on disk).
+fn fnv64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The `mobiles` id of entry `key` for `mobile`: the mobile's hash, then the key's, so one
+/// mobile's entries are one range (see [`mobile_range`]). A collision lists an entry of
+/// another mobile, which the readers check.
+fn mobile_link(mobile: &str, key: &str) -> u128 {
+    (u128::from(fnv64(mobile.as_bytes())) << 64) | u128::from(fnv64(key.as_bytes()))
+}
+
+fn mobile_range(mobile: &str) -> (u128, u128) {
+    let high = u128::from(fnv64(mobile.as_bytes())) << 64;
+    (high, high | u128::from(u64::MAX))
 }
 
 /// A UUID message id as format 5 linked it in the `msgid` tree: a zero byte and its 16
@@ -653,13 +673,17 @@ impl Store {
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         let msgid = tree("msgid")?;
         let msgid_tree_used = AtomicBool::new(msgid.iter().next().is_some());
+        let outbox = tree("outbox")?;
+        let mobile_keys_used = outbox.scan_prefix(b"m").next().is_some();
         let inner = Arc::new(Inner {
-            msgids: msgids::MsgIds::open(dir, tree("msgid_journal")?)?,
+            msgids: idindex::IdIndex::open(dir, "msgids", tree("msgid_journal")?)?,
+            mobiles: idindex::IdIndex::open(dir, "mobiles", tree("mobile_journal")?)?,
+            mobile_keys_used,
             msgid_tree_used,
             appointments: tree("appointments")?,
             appt_start: tree("appt_start")?,
             appt_pending: tree("appt_pending")?,
-            outbox: tree("outbox")?,
+            outbox,
             msgid,
             conversations: tree("conversations")?,
             fired: tree("fired")?,
@@ -895,9 +919,12 @@ impl Store {
         let ekey = cat(&[b"e", entry.key.as_bytes()]);
         let _held = i.lock(&ekey);
         // Index keys before the entry: the entry is the commit point (see the module doc).
-        let added: Vec<Vec<u8>> = index_keys(&entry).collect();
-        for k in &added {
+        let added = index_keys(&entry);
+        if let Some(k) = &added {
             i.outbox.insert(k.as_slice(), &[])?;
+        }
+        if let Some(m) = &entry.mobile {
+            self.link_mobile(m, &entry.key)?;
         }
         let raw = sled::IVec::from(entry.encode());
         match i
@@ -914,14 +941,13 @@ impl Store {
                 }))
             }
             Err(cas) => {
-                let theirs: Vec<Vec<u8>> = match cas.current {
-                    Some(bytes) => {
-                        index_keys(&decode_entry(entry.key.as_bytes(), &bytes)?).collect()
-                    }
-                    None => Vec::new(),
+                let theirs = match cas.current {
+                    Some(bytes) => index_keys(&decode_entry(entry.key.as_bytes(), &bytes)?),
+                    None => None,
                 };
-                for k in added.iter().filter(|k| !theirs.contains(k)) {
-                    i.outbox.remove(k.as_slice())?;
+                // (A mobile link stays: it names this key, which readers check.)
+                if let Some(k) = added.filter(|k| theirs.as_ref() != Some(k)) {
+                    i.outbox.remove(k)?;
                 }
                 Ok(None)
             }
@@ -937,8 +963,11 @@ impl Store {
             return Ok(None);
         }
         // Index keys before the entry: the entry is the commit point (see the module doc).
-        for k in index_keys(entry) {
+        if let Some(k) = index_keys(entry) {
             i.outbox.insert(k, &[])?;
+        }
+        if let Some(m) = &entry.mobile {
+            self.link_mobile(m, &entry.key)?;
         }
         let raw = sled::IVec::from(entry.encode());
         i.outbox.insert(ekey, raw.clone())?;
@@ -1001,8 +1030,11 @@ impl Store {
             // the stored entry.
             if change(&mut new) && {
                 settle_handed_off(&old, &mut new);
-                index_keys_added(key, &old, &new).is_empty()
+                index_keys_added(key, &old, &new).is_none()
             } {
+                if let Some(m) = mobile_added(&old, &new) {
+                    self.link_mobile(m, key)?;
+                }
                 let raw = sled::IVec::from(new.encode());
                 match i
                     .outbox
@@ -1040,8 +1072,11 @@ impl Store {
         settle_handed_off(&old, &mut new);
         // New index keys, then the entry, then the old keys: every crash point leaves keys
         // that the readers check against the entry.
-        for k in index_keys_added(key, &old, &new) {
+        if let Some(k) = index_keys_added(key, &old, &new) {
             i.outbox.insert(k, &[])?;
+        }
+        if let Some(m) = mobile_added(&old, &new) {
+            self.link_mobile(m, key)?;
         }
         let raw = sled::IVec::from(new.encode());
         i.outbox.insert(ekey, raw.clone())?;
@@ -1063,7 +1098,9 @@ impl Store {
                 i.outbox.remove(q)?;
             }
         }
-        if old.mobile != new.mobile {
+        // (The `mobiles` index keeps an old link, which readers check; an older format's key
+        // goes.)
+        if i.mobile_keys_used && old.mobile != new.mobile {
             if let Some(m) = &old.mobile {
                 i.outbox.remove(mobile_key(m, key))?;
             }
@@ -1204,21 +1241,44 @@ impl Store {
         &self,
         mobile: &str,
     ) -> impl Iterator<Item = Result<OutboxEntry>> + '_ {
-        let prefix = cat(&[b"m", mobile.as_bytes(), &[0]]);
-        let skip = prefix.len();
+        let keys = self.mobile_keys(mobile);
+        let (keys, error) = match keys {
+            Ok(keys) => (keys, None),
+            Err(e) => (Vec::new(), Some(Err(e))),
+        };
         let mobile = mobile.to_string();
-        self.inner
-            .outbox
-            .scan_prefix(prefix)
-            .filter_map(move |item| match item {
-                Ok((k, _)) => self
-                    .get_entry(&String::from_utf8_lossy(&k[skip..]))
-                    .transpose(),
-                Err(e) => Some(Err(e.into())),
-            })
-            // A crash between an entry's new mobile key and the removal of its old one leaves
-            // a key naming an entry that moved on: checked against the entry.
-            .filter(move |e| !matches!(e, Ok(e) if e.mobile.as_deref() != Some(mobile.as_str())))
+        error.into_iter().chain(
+            keys.into_iter()
+                .filter_map(move |key| self.get_entry(&key).transpose())
+                // A link left by a mobile's change, or a hash shared with another mobile,
+                // names an entry of another mobile: checked against the entry.
+                .filter(
+                    move |e| !matches!(e, Ok(e) if e.mobile.as_deref() != Some(mobile.as_str())),
+                ),
+        )
+    }
+
+    /// The keys linked to `mobile`, sorted, each once.
+    fn mobile_keys(&self, mobile: &str) -> Result<Vec<String>> {
+        self.inner.ops.bump(counted::MOBILES, OpKind::Scan);
+        let (lo, hi) = mobile_range(mobile);
+        let mut keys = self.inner.mobiles.range(lo, hi)?;
+        if self.inner.mobile_keys_used {
+            let prefix = cat(&[b"m", mobile.as_bytes(), &[0]]);
+            for item in self.inner.outbox.scan_prefix(&prefix) {
+                let (k, _) = item?;
+                keys.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// Links entry `key` to `mobile` in the `mobiles` index (on disk with the next flush).
+    fn link_mobile(&self, mobile: &str, key: &str) -> Result<()> {
+        self.inner.ops.bump(counted::MOBILES, OpKind::Write);
+        self.inner.mobiles.link(mobile_link(mobile, key), key)
     }
 
     /// Links a message id to its outbox key; on disk with the next flush, like every write.
@@ -1226,7 +1286,7 @@ impl Store {
         match uuid::Uuid::parse_str(message_id) {
             Ok(id) => {
                 self.inner.ops.bump(counted::MSGIDS, OpKind::Write);
-                self.inner.msgids.link(id.as_u128(), key);
+                self.inner.msgids.link(id.as_u128(), key)?;
             }
             Err(_) => {
                 self.inner.msgid_tree_used.store(true, Ordering::Relaxed);
@@ -1832,6 +1892,9 @@ impl Store {
 /// and restarts it then hung now and then (README, "Third pass"); yielding involves no timer
 /// and cannot delay a lone writer.
 const BUSY_WAITERS: usize = 8;
+/// How long index links wait at most for their journal record (sled's own background flush
+/// runs every 500 ms).
+const JOURNAL_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 const YIELDS_WHEN_BUSY: usize = 4;
 
 async fn flusher(
@@ -1839,7 +1902,26 @@ async fn flusher(
     inner: std::sync::Weak<Inner>,
 ) {
     let mut last_served = 0;
-    while let Some(first) = rx.recv().await {
+    // Links waiting for a flush are written to their journals at least this often, so sled's
+    // own background flush saves them with the writes made beside them (a send's outcome),
+    // in a quiet spell with no flush asked for.
+    let mut tick = tokio::time::interval(JOURNAL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            waiter = rx.recv() => match waiter {
+                Some(w) => w,
+                None => break,
+            },
+            _ = tick.tick() => {
+                if let Some(inner) = inner.upgrade() {
+                    if let Err(e) = write_journals(&inner) {
+                        tracing::warn!(error = %e, "could not write index links to their journal; tried again with the next flush");
+                    }
+                }
+                continue;
+            }
+        };
         // Everyone queued now wrote before this flush starts, so one flush covers them all.
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
@@ -1862,11 +1944,18 @@ async fn flusher(
                 inner
                     .flush_waiters
                     .fetch_add(waiters.len() as u64, Ordering::Relaxed);
-                let result = match inner
-                    .write_last_deeds()
+                // The index links first: a reply the mark passes has its sends' links in the
+                // log before the mark.
+                let result = match write_journals(&inner)
+                    .and_then(|()| inner.write_last_deeds())
                     .and_then(|()| inner.write_reply_mark())
                 {
-                    Ok(()) => flush_all(&inner).await,
+                    Ok(()) => inner
+                        .db
+                        .flush_async()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
                     Err(e) => Err(e),
                 };
                 inner
@@ -1882,27 +1971,31 @@ async fn flusher(
     }
 }
 
-/// Writes the message-id journal's record, then flushes sled; starts writing out a segment
-/// if the journal handed over a batch.
-async fn flush_all(inner: &Arc<Inner>) -> std::result::Result<(), String> {
-    let batch = inner.msgids.write_journal().map_err(|e| e.to_string())?;
-    if let Some(batch) = batch {
-        // Off the flusher's path: a segment takes milliseconds, and its links stay readable
-        // in memory until it is in place. The task holds the store (and so sled's lock): no
-        // second opening of the folder can start while it writes.
-        let inner = inner.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = inner.msgids.build(batch) {
-                tracing::warn!(error = %e, "could not write out message ids as a segment; they stay in the journal and are tried again");
-            }
-        });
+/// Writes each index's journal record (see `idindex`), and starts writing out a segment if
+/// one hands over a batch.
+fn write_journals(inner: &Arc<Inner>) -> std::result::Result<(), String> {
+    fn msgids(i: &Inner) -> &idindex::IdIndex {
+        &i.msgids
     }
-    inner
-        .db
-        .flush_async()
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    fn mobiles(i: &Inner) -> &idindex::IdIndex {
+        &i.mobiles
+    }
+    for index in [msgids, mobiles] {
+        let batch = index(inner).write_journal().map_err(|e| e.to_string())?;
+        if let Some(batch) = batch {
+            // Off the flusher's path: a segment takes milliseconds, and its links stay
+            // readable in memory until it is in place. The task holds the store (and so
+            // sled's lock): no second opening of the folder can start while it writes.
+            let inner = inner.clone();
+            tokio::task::spawn_blocking(move || {
+                let index = index(&inner);
+                if let Err(e) = index.build(batch) {
+                    tracing::warn!(index = index.name(), error = %e, "could not write out an index's links as a segment or merge its segments; links not yet in a segment stay in its journal and are tried again");
+                }
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -2276,6 +2369,101 @@ mod tests {
             .is_none());
     }
 
+    /// A format-5 store's `m` keys (messages by mobile) are still listed, with what this
+    /// format links, each message once.
+    #[tokio::test]
+    async fn older_mobile_keys_are_still_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+        let entry = |key: &str| {
+            let mut e =
+                OutboxEntry::queued(key.into(), crate::message::OutboxKind::Send, "r", 0, now);
+            e.mobile = Some("573001112233".into());
+            e.status = MessageStatus::Sent;
+            e
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for key in ["old-1", "old-2"] {
+                let e = entry(key);
+                let i = &store.inner;
+                i.outbox
+                    .insert(mobile_key("573001112233", key), &[])
+                    .unwrap();
+                i.outbox
+                    .insert(cat(&[b"e", key.as_bytes()]), e.encode())
+                    .unwrap();
+            }
+            store.durable().await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        store.enqueue(&entry("new-1")).unwrap();
+        // An old message changed now is linked again: still listed once.
+        store
+            .update_entry("old-2", |e| {
+                e.mobile = Some("573001112233".into());
+                true
+            })
+            .unwrap();
+        let listed: Vec<String> = store
+            .entries_for_mobile("573001112233")
+            .map(|e| e.unwrap().key)
+            .collect();
+        assert_eq!(listed, ["new-1", "old-1", "old-2"]);
+    }
+
+    /// Child half of the next test: a send's outcome and its link written (as the
+    /// dispatcher does, no `durable()` after them), a quiet spell, then a crash (abort: no
+    /// destructor runs).
+    #[tokio::test]
+    async fn child_send_then_quiet_then_crash() {
+        let Ok(dir) = std::env::var("RECUERDA_QUIET_CRASH_DIR") else {
+            return;
+        };
+        let store = Store::open(Path::new(&dir)).unwrap();
+        store.durable().await.unwrap();
+        // Stands for the outbox entry's outcome: a plain sled write.
+        let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        store.set_cron_last("outcome", at).unwrap();
+        store
+            .link_message_id("0e1add43-f91c-4e7c-8805-221ef6b27b98", "entry-1")
+            .unwrap();
+        store.link_mobile("573001112233", "entry-1").unwrap();
+        // Past sled's own background flush (500 ms) and the journal's (200 ms).
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        std::process::abort();
+    }
+
+    /// A crash in the quiet after a send: sled's own background flush saved the outcome, and
+    /// the links made with it (written to their journals on a timer, not only when a flush
+    /// is asked for).
+    #[tokio::test]
+    async fn links_made_in_a_quiet_spell_survive_a_crash_with_the_writes_beside_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::tests::child_send_then_quiet_then_crash",
+                "--test-threads=1",
+            ])
+            .env("RECUERDA_QUIET_CRASH_DIR", dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!status.success(), "the child crashed");
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.cron_last("outcome").unwrap().is_some(), "the outcome");
+        assert_eq!(
+            store
+                .message_key("0e1add43-f91c-4e7c-8805-221ef6b27b98")
+                .unwrap()
+                .as_deref(),
+            Some("entry-1")
+        );
+        assert_eq!(store.mobile_keys("573001112233").unwrap(), ["entry-1"]);
+    }
+
     /// A damaged `replies_decided_from` is said at open: no reading of it is safe.
     #[tokio::test]
     async fn a_damaged_boundary_of_decided_replies_is_said_at_open() {
@@ -2325,13 +2513,8 @@ mod tests {
         let listed = |m: &str| store.entries_for_mobile(m).count();
         assert_eq!(listed("573001112233"), 1);
 
-        // A stale key (a crash between a mobile's change and its old key's removal) lists
-        // nothing.
-        store
-            .inner
-            .outbox
-            .insert(mobile_key("573005556677", "h#0"), &[])
-            .unwrap();
+        // A stale link (left by a mobile's change) lists nothing.
+        store.link_mobile("573005556677", "h#0").unwrap();
         assert_eq!(listed("573005556677"), 0);
 
         let mut other = e.clone();
@@ -2455,14 +2638,16 @@ mod tests {
                     e.status
                 );
             }
-            let by_mobile: Vec<_> = store
-                .inner
-                .outbox
-                .scan_prefix(b"m")
-                .filter_map(|kv| kv.ok())
-                .filter(|(k, _)| k.ends_with(&cat(&[&[0], key.as_bytes()])))
-                .collect();
-            assert_eq!(by_mobile.len(), usize::from(e.mobile.is_some()), "{key}");
+            // Listed under its mobile, once, and under no other.
+            for x in 0..3 {
+                let mobile = format!("57300{x}");
+                let listed = store
+                    .entries_for_mobile(&mobile)
+                    .filter(|l| l.as_ref().unwrap().key == *key)
+                    .count();
+                let expected = usize::from(e.mobile.as_deref() == Some(mobile.as_str()));
+                assert_eq!(listed, expected, "{key} under {mobile}");
+            }
         }
         assert_eq!(store.outbox_depth(), queued);
     }

@@ -1,26 +1,30 @@
-//! The message-id index: the provider's messageId → the outbox key of the message.
+//! An index of 128-bit ids → keys (text) kept off sled's B-tree, where writes are at random
+//! places: the provider's message ids (`msgids`: random v4 UUIDs) and the messages of each
+//! patient (`mobiles`: a hash of the mobile, then a hash of the entry's key).
 //!
-//! Why not a sled tree keyed by the id: the provider's ids are random (v4 UUIDs), so every
-//! send inserted a key at a random place of a B-tree — a leaf found, copied, rewritten and
-//! now and then split for one 17-byte key: ~9 % of a reply's CPU, the largest single store
-//! write. Here a link costs an append to a buffer and a hash-map insert. Each group commit
-//! writes the buffer as one record of the `msgid_journal` tree (one sled insert per flush, at
-//! the tree's end, durable with everything else that flush covers); every [`SEGMENT_LINKS`]
-//! links are written out sorted to an immutable segment file with a small in-memory index,
-//! so memory stays bounded however many messages were ever sent, and segments are merged
-//! four at a time (size-tiered), so a look-up probes a handful of files even after years.
+//! Why: an insert at a random place of a sled tree finds a leaf, copies and rewrites it and
+//! now and then splits it, for one small key — the message-id index was ~9 % of a reply's CPU
+//! and the mobile index ~7 %. Here a link costs an append to a buffer and a hash-map insert.
+//! Each group commit writes the buffer as one record of the index's journal tree (one sled
+//! insert per flush, at the tree's end, durable with everything else that flush covers);
+//! every [`SEGMENT_LINKS`] links are written out sorted to an immutable segment file with a
+//! small in-memory index, so memory stays bounded however many messages were ever sent, and
+//! segments are merged four at a time (size-tiered), so a look-up probes a handful of files
+//! even after years. Links are never removed: readers check what a key names.
 //!
-//! - `msgid_journal`: flush number (u64 BE) → records `id (16) ++ key length (u16 BE) ++
-//!   key`, in the order linked.
-//! - `<store>/msgids/segment-<n>`: header (`MAGIC`, level, highest journal record covered,
-//!   segments replaced), records `id ++ key length ++ key` sorted by id, then a sparse index
-//!   (the first id and the offset of each block of ~[`BLOCK`] bytes) and a trailer with its
-//!   crc. Written under a `.tmp` name, synced and renamed: a segment file is whole or absent.
+//! - journal tree (`msgid_journal`, `mobile_journal`): record number (u64 BE) → links
+//!   `id (16) ++ key length (u16 BE) ++ key`, in the order linked.
+//! - `<store>/<index>/segment-<n>`: header (`MAGIC`, level, highest journal record covered,
+//!   segments replaced), links sorted by id, then a sparse index (the first id and the
+//!   offset of each block of ~[`BLOCK`] bytes) and a trailer with its crc. Written under a
+//!   `.tmp` name, synced and renamed: a segment file is whole or absent.
 //!
 //! Crash safety: a segment is durable before the journal records it covers are removed, and
 //! a merged segment before the segments it replaces; at open, records covered by a segment
 //! and segments replaced by another are deleted, the other records are read back. A link seen
-//! twice (journal and segment, or two segments) names the same key: harmless.
+//! twice (journal and segment, or two segments) names the same key: harmless. A link is
+//! durable with the flush after it: a crash can keep an entry sled wrote out on its own
+//! without the link made just after it (sled recovers a prefix of its log).
 
 use super::counted::Tree;
 use super::{Result, StoreError};
@@ -41,7 +45,6 @@ const FAN_IN: usize = 4;
 const BLOCK: usize = 4096;
 const MAGIC: &[u8; 8] = b"RCMSGSG1";
 const END_MAGIC: &[u8; 8] = b"RCMSGEND";
-const DIR: &str = "msgids";
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Io(format!("{what} `{}`: {e}", path.display()))
@@ -49,13 +52,15 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
 
 fn corrupt(path: &Path, message: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
-        tree: "msgids",
+        tree: "index segment",
         key: path.display().to_string(),
         message: message.into(),
     }
 }
 
-pub(super) struct MsgIds {
+pub(super) struct IdIndex {
+    /// `msgids` or `mobiles`: the folder in the store and the name in errors.
+    name: &'static str,
     dir: PathBuf,
     journal: Tree,
     live: Mutex<Live>,
@@ -76,9 +81,11 @@ struct Live {
     /// Journal records not yet written, and the number of the next record.
     pending: Vec<u8>,
     next_record: u64,
+    /// After a failed build: how many links must be held before the next try.
+    retry_at: usize,
 }
 
-/// Links handed over by a flush, to be written out as a segment by [`MsgIds::build`].
+/// Links handed over by a flush, to be written out as a segment by [`IdIndex::build`].
 pub(super) struct Batch {
     links: Arc<Links>,
     /// Every journal record up to this one is covered once the segment is written.
@@ -88,7 +95,8 @@ pub(super) struct Batch {
 struct Segment {
     no: u64,
     level: u8,
-    /// Every journal record up to this one is in this segment or one it replaced.
+    /// The highest journal record whose links are in the segments written so far (this one,
+    /// the ones before it, and those they replaced): records up to it are removed.
     covers: u64,
     path: PathBuf,
     file: File,
@@ -126,12 +134,18 @@ fn put_record(out: &mut Vec<u8>, id: u128, key: &str) {
     out.extend_from_slice(key.as_bytes());
 }
 
-impl MsgIds {
+impl IdIndex {
     /// Opens the index of the store in `store_dir`, deleting what a crash left behind and
     /// reading back the journal records not yet covered by a segment.
-    pub(super) fn open(store_dir: &Path, journal: Tree) -> Result<MsgIds> {
-        let dir = store_dir.join(DIR);
-        std::fs::create_dir_all(&dir).map_err(|e| io_error("cannot create", &dir, e))?;
+    pub(super) fn open(store_dir: &Path, name: &'static str, journal: Tree) -> Result<IdIndex> {
+        let dir = store_dir.join(name);
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).map_err(|e| io_error("cannot create", &dir, e))?;
+            sync_dir(store_dir)?;
+        }
+        // A segment renamed in place just before a crash may not have had its folder synced:
+        // synced now, before anything is removed because of it.
+        sync_dir(&dir)?;
         let mut segments = Vec::new();
         let entries = std::fs::read_dir(&dir).map_err(|e| io_error("cannot list", &dir, e))?;
         for entry in entries {
@@ -160,13 +174,13 @@ impl MsgIds {
         let mut next_record = 0;
         for item in journal.iter() {
             let (k, v) = item?;
-            let no = record_no(&k)?;
+            let no = record_no(journal.name(), &k)?;
             next_record = no + 1;
             if covered.is_some_and(|c| no <= c) {
                 journal.remove(k)?;
             } else {
                 read_record(&v, &mut recent).map_err(|message| StoreError::Corrupt {
-                    tree: "msgid_journal",
+                    tree: journal.name(),
                     key: no.to_string(),
                     message,
                 })?;
@@ -174,7 +188,8 @@ impl MsgIds {
         }
         let next_record = next_record.max(covered.map_or(0, |c| c + 1));
         let next_segment = kept.iter().map(|s| s.no).max().unwrap_or(0) + 1;
-        Ok(MsgIds {
+        Ok(IdIndex {
+            name,
             dir,
             journal,
             live: Mutex::new(Live {
@@ -182,6 +197,7 @@ impl MsgIds {
                 frozen: None,
                 pending: Vec::new(),
                 next_record,
+                retry_at: 0,
             }),
             segments: RwLock::new(Arc::new(kept)),
             building: AtomicBool::new(false),
@@ -189,11 +205,23 @@ impl MsgIds {
         })
     }
 
+    pub(super) fn name(&self) -> &'static str {
+        self.name
+    }
+
     /// Links `id` to `key`; on disk with the next flush.
-    pub(super) fn link(&self, id: u128, key: &str) {
+    pub(super) fn link(&self, id: u128, key: &str) -> Result<()> {
+        if key.len() > usize::from(u16::MAX) {
+            return Err(StoreError::Io(format!(
+                "cannot index a key of {} bytes in `{}` (at most 65,535)",
+                key.len(),
+                self.name
+            )));
+        }
         let mut live = lock(&self.live);
         put_record(&mut live.pending, id, key);
         live.recent.insert(id, key.into());
+        Ok(())
     }
 
     /// The key linked to `id`, if any.
@@ -219,46 +247,78 @@ impl MsgIds {
         Ok(None)
     }
 
+    /// The keys linked to ids from `lo` to `hi` (inclusive), each once.
+    pub(super) fn range(&self, lo: u128, hi: u128) -> Result<Vec<String>> {
+        let mut found: HashMap<u128, String> = HashMap::new();
+        {
+            let live = lock(&self.live);
+            let frozen = live.frozen.iter().flat_map(|f| f.iter());
+            for (id, key) in live.recent.iter().chain(frozen) {
+                if (lo..=hi).contains(id) {
+                    found.entry(*id).or_insert_with(|| key.to_string());
+                }
+            }
+        }
+        for segment in self.segments().iter() {
+            segment.range(lo, hi, &mut found)?;
+        }
+        Ok(found.into_values().collect())
+    }
+
     /// Writes the links made since the last call as one journal record (called by the
     /// flusher, before sled's flush). When enough links are held, they are handed over, to
     /// be written out as a segment off the flusher's path.
     pub(super) fn write_journal(&self) -> Result<Option<Batch>> {
         let mut live = lock(&self.live);
-        let rotate =
-            live.recent.len() >= SEGMENT_LINKS && !self.building.swap(true, Ordering::AcqRel);
+        let rotate = live.recent.len() >= SEGMENT_LINKS.max(live.retry_at)
+            && !self.building.load(Ordering::Acquire);
         if live.pending.is_empty() && !rotate {
             return Ok(None);
         }
         let no = live.next_record;
-        live.next_record += 1;
-        let bytes = std::mem::take(&mut live.pending);
-        let batch = rotate.then(|| {
-            // Moved, not copied: look-ups read `frozen` until the segment is in place.
-            let links = Arc::new(std::mem::take(&mut live.recent));
-            live.frozen = Some(links.clone());
-            Batch { links, covers: no }
-        });
-        // Under the lock, so records are written in the order of their numbers.
-        if let Err(e) = self.journal.insert(no.to_be_bytes(), bytes) {
-            if batch.is_some() {
-                thaw(&mut live);
-                self.building.store(false, Ordering::Release);
-            }
-            // The links are still held in memory; only a restart before a later flush
-            // succeeds loses them (and the flush is reported failed).
-            return Err(e.into());
+        if !live.pending.is_empty() {
+            // Under the lock, so records are written in the order of their numbers, and no
+            // link comes between this record and the batch below. Copied: on an error the
+            // bytes stay, for the next flush.
+            self.journal
+                .insert(no.to_be_bytes(), live.pending.as_slice())?;
+            live.pending.clear();
+            live.next_record += 1;
         }
-        Ok(batch)
+        if !rotate {
+            return Ok(None);
+        }
+        self.building.store(true, Ordering::Release);
+        // Moved, not copied: look-ups read `frozen` until the segment is in place. Every
+        // link held is in a record numbered below `next_record`.
+        let links = Arc::new(std::mem::take(&mut live.recent));
+        live.frozen = Some(links.clone());
+        Ok(Some(Batch {
+            links,
+            covers: live.next_record.saturating_sub(1),
+        }))
     }
 
     /// Writes `batch` out as a segment, then merges while a level holds [`FAN_IN`]
     /// segments (blocking; run off the flusher's path).
     pub(super) fn build(&self, batch: Batch) -> Result<()> {
-        let result = self.build_inner(batch);
+        let built =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.build_inner(batch)));
+        let result = built.unwrap_or_else(|_| {
+            Err(StoreError::Io(format!(
+                "writing out the `{}` index's links panicked",
+                self.name
+            )))
+        });
         if result.is_err() {
-            // The links go back with those held, and are written out with them next time
-            // (their journal records are removed only once a segment covers them).
-            thaw(&mut lock(&self.live));
+            // The links go back with those held (their journal records are removed only
+            // once a segment covers them), and the next try waits for as many links again:
+            // a disk that keeps failing is not retried on every flush.
+            let mut live = lock(&self.live);
+            thaw(&mut live);
+            live.retry_at = live.recent.len() + SEGMENT_LINKS;
+        } else {
+            lock(&self.live).retry_at = 0;
         }
         self.building.store(false, Ordering::Release);
         result
@@ -328,11 +388,12 @@ impl MsgIds {
             .map(|r| r.next())
             .collect::<Result<Vec<_>>>()?;
         let merged = std::iter::from_fn(|| {
+            // The lowest id; of equal ones, the newest input's (look-ups prefer it too).
             let (i, _) = heads
                 .iter()
                 .enumerate()
                 .filter_map(|(i, h)| h.as_ref().map(|(id, _)| (i, *id)))
-                .min_by_key(|&(_, id)| id)?;
+                .max_by_key(|&(i, id)| (std::cmp::Reverse(id), i))?;
             let (id, key) = heads[i].take()?;
             // The same id in several inputs (a crash between a merge and the deletion of
             // what it replaced): kept once.
@@ -369,7 +430,7 @@ impl MsgIds {
     }
 }
 
-impl Drop for MsgIds {
+impl Drop for IdIndex {
     fn drop(&mut self) {
         // Links made after the last flush (a clean close flushes first, so rarely any):
         // written for sled's closing flush.
@@ -399,9 +460,9 @@ fn remove(path: &Path) -> Result<()> {
     }
 }
 
-fn record_no(key: &[u8]) -> Result<u64> {
+fn record_no(tree: &'static str, key: &[u8]) -> Result<u64> {
     let bytes: [u8; 8] = key.try_into().map_err(|_| StoreError::Corrupt {
-        tree: "msgid_journal",
+        tree,
         key: String::from_utf8_lossy(key).into_owned(),
         message: "a journal record's key is not 8 bytes".into(),
     })?;
@@ -439,7 +500,42 @@ fn write_segment(
 ) -> Result<Segment> {
     let path = segment_path(dir, no);
     let tmp = path.with_extension("tmp");
-    let file = File::create(&tmp).map_err(|e| io_error("cannot create", &tmp, e))?;
+    let (sparse, blocks_end, last_id) =
+        match write_segment_file(&tmp, level, covers, replaced, records) {
+            Ok(written) => written,
+            Err(e) => {
+                // Not left to pile up while a failing disk is retried.
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+    std::fs::rename(&tmp, &path).map_err(|e| io_error("cannot rename", &tmp, e))?;
+    sync_dir(dir)?;
+    let file = File::open(&path).map_err(|e| io_error("cannot open", &path, e))?;
+    Ok(Segment {
+        no,
+        level,
+        covers,
+        path,
+        file,
+        sparse,
+        blocks_end,
+        last_id,
+    })
+}
+
+/// A segment's sparse index, end of its blocks and last id.
+type Written = (Vec<(u128, u64)>, u64, u128);
+
+/// Writes and syncs a segment's file at `tmp`.
+fn write_segment_file(
+    tmp: &Path,
+    level: u8,
+    covers: u64,
+    replaced: &[u64],
+    records: impl Iterator<Item = Result<(u128, String)>>,
+) -> Result<Written> {
+    let file = File::create(tmp).map_err(|e| io_error("cannot create", tmp, e))?;
     let mut out = BufWriter::with_capacity(64 * 1024, file);
     let mut header = Vec::new();
     header.extend_from_slice(MAGIC);
@@ -449,7 +545,7 @@ fn write_segment(
     for r in replaced {
         header.extend_from_slice(&r.to_be_bytes());
     }
-    let write_err = |e| io_error("cannot write", &tmp, e);
+    let write_err = |e| io_error("cannot write", tmp, e);
     out.write_all(&header).map_err(write_err)?;
     let mut at = header.len() as u64;
     let mut block_start = at;
@@ -477,28 +573,18 @@ fn write_segment(
     footer.extend_from_slice(&(sparse.len() as u64).to_be_bytes());
     footer.extend_from_slice(&blocks_end.to_be_bytes());
     footer.extend_from_slice(&last_id.to_be_bytes());
-    let crc = crc32fast::hash(&footer);
-    footer.extend_from_slice(&crc.to_be_bytes());
+    // Over the header too: a damaged `covers` would have open remove journal records.
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header);
+    crc.update(&footer);
+    footer.extend_from_slice(&crc.finalize().to_be_bytes());
     footer.extend_from_slice(END_MAGIC);
     out.write_all(&footer).map_err(write_err)?;
     let file = out
         .into_inner()
-        .map_err(|e| io_error("cannot write", &tmp, e.into_error()))?;
+        .map_err(|e| io_error("cannot write", tmp, e.into_error()))?;
     file.sync_all().map_err(write_err)?;
-    drop(file);
-    std::fs::rename(&tmp, &path).map_err(|e| io_error("cannot rename", &tmp, e))?;
-    sync_dir(dir)?;
-    let file = File::open(&path).map_err(|e| io_error("cannot open", &path, e))?;
-    Ok(Segment {
-        no,
-        level,
-        covers,
-        path,
-        file,
-        sparse,
-        blocks_end,
-        last_id,
-    })
+    Ok((sparse, blocks_end, last_id))
 }
 
 /// Trailer: sparse count (8), blocks end (8), last id (16), crc (4), end magic (8).
@@ -525,12 +611,15 @@ impl Segment {
         }
         let head = read(0, 21)?;
         if &head[..8] != MAGIC {
-            return Err(corrupt(&path, "not a recuerda message-id segment"));
+            return Err(corrupt(&path, "not a recuerda index segment"));
         }
         let level = head[8];
         let covers = u64::from_be_bytes(head[9..17].try_into().unwrap_or_default());
         let n_replaced = u32::from_be_bytes(head[17..21].try_into().unwrap_or_default()) as u64;
         let replaced_bytes = read(21, (n_replaced * 8).min(len) as usize)?;
+        if replaced_bytes.len() as u64 != n_replaced * 8 {
+            return Err(corrupt(&path, "its header is longer than the file"));
+        }
         let replaced = replaced_bytes
             .chunks_exact(8)
             .map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default()))
@@ -549,7 +638,11 @@ impl Segment {
         };
         let footer_at = len - TRAILER as u64 - sparse_len;
         let mut footer = read(footer_at, sparse_len as usize + TRAILER - 12)?;
-        if crc32fast::hash(&footer) != crc || blocks_end > footer_at {
+        let mut check = crc32fast::Hasher::new();
+        check.update(&head);
+        check.update(&replaced_bytes);
+        check.update(&footer);
+        if check.finalize() != crc || blocks_end > footer_at {
             return Err(corrupt(&path, "its index fails its checksum"));
         }
         footer.truncate(sparse_len as usize);
@@ -613,6 +706,51 @@ impl Segment {
         Ok(None)
     }
 
+    /// Adds the links from `lo` to `hi` to `found` (keeping one already there).
+    fn range(&self, lo: u128, hi: u128, found: &mut HashMap<u128, String>) -> Result<()> {
+        let Some(first) = self.sparse.first() else {
+            return Ok(());
+        };
+        if hi < first.0 || lo > self.last_id {
+            return Ok(());
+        }
+        let mut block = self
+            .sparse
+            .partition_point(|(first, _)| *first <= lo)
+            .max(1)
+            - 1;
+        while let Some(&(_, start)) = self.sparse.get(block) {
+            let end = self
+                .sparse
+                .get(block + 1)
+                .map_or(self.blocks_end, |next| next.1);
+            let mut buf = vec![0; (end - start) as usize];
+            self.file
+                .read_exact_at(&mut buf, start)
+                .map_err(|e| io_error("cannot read", &self.path, e))?;
+            let mut at = 0;
+            while at + 18 <= buf.len() {
+                let id = u128::from_be_bytes(buf[at..at + 16].try_into().unwrap_or_default());
+                let len = u16::from_be_bytes([buf[at + 16], buf[at + 17]]) as usize;
+                let end = at + 18 + len;
+                if end > buf.len() {
+                    return Err(corrupt(&self.path, "a record runs past its block"));
+                }
+                if id > hi {
+                    return Ok(());
+                }
+                if id >= lo {
+                    found.entry(id).or_insert_with(|| {
+                        String::from_utf8_lossy(&buf[at + 18..end]).into_owned()
+                    });
+                }
+                at = end;
+            }
+            block += 1;
+        }
+        Ok(())
+    }
+
     /// The segment's records in id order (for a merge).
     fn records(&self) -> Result<SegmentRecords> {
         let file = self
@@ -659,9 +797,11 @@ mod tests {
     use super::super::counted::OpCounts;
     use super::*;
 
+    const DIR: &str = "msgids";
+
     /// An index on a sled store of its own in `dir`.
     struct Opened {
-        ids: MsgIds,
+        ids: IdIndex,
         db: sled::Db,
     }
 
@@ -669,7 +809,7 @@ mod tests {
         let db = open_db(dir);
         let journal = Tree::open(&db, "msgid_journal", &Arc::new(OpCounts::default())).unwrap();
         Opened {
-            ids: MsgIds::open(dir, journal).unwrap(),
+            ids: IdIndex::open(dir, DIR, journal).unwrap(),
             db,
         }
     }
@@ -723,7 +863,7 @@ mod tests {
         names
     }
 
-    fn assert_all_found(ids: &MsgIds, n: u64) {
+    fn assert_all_found(ids: &IdIndex, n: u64) {
         for i in 0..n {
             assert_eq!(ids.get(id(i)).unwrap(), Some(key(i)), "link {i}");
         }
@@ -737,12 +877,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let o = open(dir.path());
         for i in 0..100 {
-            o.ids.link(id(i), &key(i));
+            o.ids.link(id(i), &key(i)).unwrap();
         }
         assert_all_found(&o.ids, 100);
         o.flush();
         // Linked after the last flush: written when the index is dropped.
-        o.ids.link(id(100), &key(100));
+        o.ids.link(id(100), &key(100)).unwrap();
         o.close();
         let o = open(dir.path());
         assert_all_found(&o.ids, 101);
@@ -759,7 +899,7 @@ mod tests {
         let n = per * 5 + 10;
         let o = open(dir.path());
         for i in 0..n {
-            o.ids.link(id(i), &key(i));
+            o.ids.link(id(i), &key(i)).unwrap();
             if i % 1000 == 999 {
                 o.flush();
             }
@@ -782,18 +922,73 @@ mod tests {
         assert_eq!(o.ids.shape(), (10, vec![0, 1]));
     }
 
+    /// A journal insert that fails keeps its links for the next flush.
+    #[test]
+    fn links_of_a_failed_journal_write_are_written_with_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = open(dir.path());
+        o.ids.link(1, "a").unwrap();
+        super::super::counted::FAIL_NEXT_INSERT.with(|f| f.set(true));
+        assert!(o.ids.write_journal().is_err());
+        o.ids.link(2, "b").unwrap();
+        o.flush();
+        assert_eq!(o.journal_records(), 1, "one record, with both");
+        o.close();
+        let o = open(dir.path());
+        assert_eq!(o.ids.get(1).unwrap().as_deref(), Some("a"));
+        assert_eq!(o.ids.get(2).unwrap().as_deref(), Some("b"));
+    }
+
+    /// A range (one mobile's messages) is found across memory and segments, whole, each
+    /// link once, however the blocks fall.
+    #[test]
+    fn a_range_is_found_across_memory_and_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = open(dir.path());
+        let group = |g: u64, n: u64| (u128::from(g) << 64) | u128::from(n);
+        let mut expected: Vec<String> = Vec::new();
+        let n = SEGMENT_LINKS.div_ceil(1000) as u64 * 1000 * 2 + 100;
+        for i in 0..n {
+            // Group 7 gets every 50th link: spread over both segments and memory.
+            let g = if i % 50 == 0 { 7 } else { i % 13 + 100 };
+            let k = key(i);
+            if g == 7 {
+                expected.push(k.clone());
+            }
+            o.ids.link(group(g, id(i) as u64), &k).unwrap();
+            if i % 1000 == 999 {
+                o.flush();
+            }
+        }
+        // Linked twice (in a segment and in memory): listed once.
+        o.ids.link(group(7, id(0) as u64), &key(0)).unwrap();
+        let (held, levels) = o.ids.shape();
+        assert!(held > 0 && levels.len() == 2, "{held} {levels:?}");
+        let mut found = o.ids.range(group(7, 0), group(7, u64::MAX)).unwrap();
+        found.sort();
+        expected.sort();
+        assert_eq!(found, expected);
+        assert!(o
+            .ids
+            .range(group(8, 0), group(8, u64::MAX))
+            .unwrap()
+            .is_empty());
+        let everything = o.ids.range(0, u128::MAX).unwrap();
+        assert_eq!(everything.len() as u64, n);
+    }
+
     #[test]
     fn a_crash_s_leftovers_are_passed_over() {
         let dir = tempfile::tempdir().unwrap();
         let n = SEGMENT_LINKS as u64 + 5;
         let o = open(dir.path());
         for i in 0..n {
-            o.ids.link(id(i), &key(i));
+            o.ids.link(id(i), &key(i)).unwrap();
         }
         o.flush();
         o.flush();
         for i in n..n + 3 {
-            o.ids.link(id(i), &key(i));
+            o.ids.link(id(i), &key(i)).unwrap();
         }
         // A crash before the covered records' removal was on disk, and mid-segment.
         o.db.open_tree("msgid_journal")
@@ -823,7 +1018,7 @@ mod tests {
         let kept = dir.path().join("kept");
         let o = open(dir.path());
         for i in 0..n {
-            o.ids.link(id(i), &key(i));
+            o.ids.link(id(i), &key(i)).unwrap();
             if i % 4096 == 4095 {
                 o.flush();
                 // A copy of the first level-0 segment, as if the merge's crash had left it.
@@ -849,7 +1044,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let o = open(dir.path());
         for i in 0..SEGMENT_LINKS as u64 {
-            o.ids.link(id(i), &key(i));
+            o.ids.link(id(i), &key(i)).unwrap();
         }
         o.flush();
         o.flush();
@@ -861,7 +1056,7 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let db = open_db(dir.path());
         let journal = Tree::open(&db, "msgid_journal", &Arc::new(OpCounts::default())).unwrap();
-        let err = MsgIds::open(dir.path(), journal)
+        let err = IdIndex::open(dir.path(), DIR, journal)
             .err()
             .expect("opened a damaged segment");
         let text = err.to_string();
