@@ -450,8 +450,17 @@ fn ops_line(before: &StoreOps, after: &StoreOps, events: u64, per: &str) -> Stri
             let each: Vec<String> = letters
                 .iter()
                 .zip(d)
-                .filter(|(_, d)| **d as f64 / n >= 0.05)
-                .map(|(l, d)| format!("{:.1}{l}", *d as f64 / n))
+                .filter(|(_, d)| **d > 0)
+                .map(|(l, d)| {
+                    // Two decimals for what is done once per many events (a journal record
+                    // per flush), rather than a name with no figure.
+                    let each = *d as f64 / n;
+                    if each < 0.1 {
+                        format!("{each:.2}{l}")
+                    } else {
+                        format!("{each:.1}{l}")
+                    }
+                })
                 .collect();
             format!("{tree} {}", each.join(" "))
         })

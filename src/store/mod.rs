@@ -1205,6 +1205,12 @@ impl Store {
         limit: usize,
         busy: impl Fn(&str) -> bool,
     ) -> Result<Vec<KnownEntry>> {
+        // Nothing queued (the count is raised before an enqueue returns, so before its
+        // caller wakes the dispatcher): no scan. Hand-offs keep the queue empty, so this is
+        // most of the dispatcher's looks in a flood of replies.
+        if self.outbox_depth() == 0 {
+            return Ok(Vec::new());
+        }
         self.pending_entries(Some(now), busy)
             .filter(|k| !matches!(k, Ok(k) if k.entry.status != MessageStatus::Queued))
             .take(limit)
@@ -1214,6 +1220,9 @@ impl Store {
     /// When the next queued entry falls due, if any (entries in flight are passed over: at
     /// most the dispatcher's concurrency of them).
     pub fn next_outbox_due(&self) -> Result<Option<DateTime<Utc>>> {
+        if self.outbox_depth() == 0 {
+            return Ok(None);
+        }
         for known in self.pending_entries(None, |_| false) {
             let entry = known?.entry;
             if entry.status == MessageStatus::Queued {
