@@ -669,41 +669,9 @@ impl Segment {
     }
 
     fn find(&self, id: u128) -> Result<Option<String>> {
-        let Some(first) = self.sparse.first() else {
-            return Ok(None);
-        };
-        if id < first.0 || id > self.last_id {
-            return Ok(None);
-        }
-        let block = self.sparse.partition_point(|(first, _)| *first <= id) - 1;
-        let start = self.sparse[block].1;
-        let end = self
-            .sparse
-            .get(block + 1)
-            .map_or(self.blocks_end, |next| next.1);
-        let mut buf = vec![0; (end - start) as usize];
-        self.file
-            .read_exact_at(&mut buf, start)
-            .map_err(|e| io_error("cannot read", &self.path, e))?;
-        let mut at = 0;
-        while at + 18 <= buf.len() {
-            let found = u128::from_be_bytes(buf[at..at + 16].try_into().unwrap_or_default());
-            let len = u16::from_be_bytes([buf[at + 16], buf[at + 17]]) as usize;
-            let end = at + 18 + len;
-            if end > buf.len() {
-                return Err(corrupt(&self.path, "a record runs past its block"));
-            }
-            if found == id {
-                return Ok(Some(
-                    String::from_utf8_lossy(&buf[at + 18..end]).into_owned(),
-                ));
-            }
-            if found > id {
-                break;
-            }
-            at = end;
-        }
-        Ok(None)
+        let mut found = HashMap::new();
+        self.range(id, id, &mut found)?;
+        Ok(found.remove(&id))
     }
 
     /// Adds the links from `lo` to `hi` to `found` (keeping one already there).
