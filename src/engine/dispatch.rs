@@ -19,8 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
-/// How often the dispatcher scans the stored queue while reactions keep handing it entries.
+/// How often the dispatcher looks at the stored queue while reactions keep handing it
+/// entries (a look is a scan unless the queue's count is 0: see `FULL_SCAN_EVERY`).
 const SCAN_EVERY: Duration = Duration::from_millis(50);
+/// How often the stored queue is scanned even while its count says it is empty (a count
+/// that went wrong strands nothing for longer).
+const FULL_SCAN_EVERY: Duration = Duration::from_secs(60);
 /// At most this many handed-off entries wait in memory; beyond, the scan finds them.
 const HAND_OFF_MAX: usize = 4096;
 
@@ -121,6 +125,7 @@ impl Engine {
         let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
         let mut pacer = Pacer::new(self.config.provider.rate_per_second);
         let mut last_scan = Instant::now();
+        let mut last_full_scan = Instant::now();
         loop {
             if *shutdown.borrow() {
                 break;
@@ -156,6 +161,8 @@ impl Engine {
             } else {
                 Vec::new()
             };
+            // Set when this look found the queue's count at 0 and skipped the scan.
+            let mut counted_empty = false;
             let fresh = if !handed.is_empty() {
                 // The wake-ups of the reactions whose hand-offs were just taken are spent: one
                 // left stored would bring the loop back to an empty shortcut and a scan of
@@ -170,6 +177,14 @@ impl Engine {
                     .collect()
             } else {
                 last_scan = Instant::now();
+                // Nothing queued (the count is raised before an enqueue returns, so before
+                // its caller wakes this loop): no scan, but for one a minute. Hand-offs keep
+                // the queue empty, so this is most looks in a flood of replies.
+                counted_empty =
+                    self.store.outbox_depth() == 0 && last_full_scan.elapsed() < FULL_SCAN_EVERY;
+                if !counted_empty {
+                    last_full_scan = last_scan;
+                }
                 // What is handed off now with a stored queue key, the scan finds; the rest
                 // (held by their webhook's inbox item) only the hand-off brings.
                 let held: Vec<HandOff> = self
@@ -177,7 +192,12 @@ impl Engine {
                     .into_iter()
                     .filter(|h| h.hold.is_some())
                     .collect();
-                match self.store.due_outbox_except(now, 256, is_in_flight) {
+                let due = if counted_empty {
+                    Ok(Vec::new())
+                } else {
+                    self.store.due_outbox_except(now, 256, is_in_flight)
+                };
+                match due {
                     // Only this loop adds to `in_flight`, and the scan passed over its keys:
                     // what came back is not in flight.
                     Ok(d) => d
@@ -193,7 +213,11 @@ impl Engine {
                 }
             };
             if fresh.is_empty() {
-                let next = self.store.next_outbox_due().ok().flatten();
+                let next = if counted_empty {
+                    None
+                } else {
+                    self.store.next_outbox_due().ok().flatten()
+                };
                 let wake_at = next.unwrap_or(now + chrono::Duration::minutes(1));
                 tokio::select! {
                     _ = self.dispatch_wake.notified() => {}

@@ -24,9 +24,11 @@
 //! Crash safety: a segment is durable before the journal records it covers are removed, and
 //! a merged segment before the segments it replaces; at open, records covered by a segment
 //! and segments replaced by another are deleted, the other records are read back. A link seen
-//! twice (journal and segment, or two segments) names the same key: harmless. A link is
-//! durable with the flush after it: a crash can keep an entry sled wrote out on its own
-//! without the link made just after it (sled recovers a prefix of its log).
+//! twice (journal and segment, or two segments) names the same key: harmless. A link reaches
+//! sled after the write it indexes — in the journal record that the next flush writes first,
+//! or within the store's `JOURNAL_DELAY` when no flush is asked for —, so a crash can keep a
+//! write that sled put on disk on its own (its 500 ms flush, a full log buffer) without the
+//! link made just after it; the store links pending entries again at open.
 
 use super::counted::Tree;
 use super::{Result, StoreError};
@@ -70,6 +72,9 @@ pub(super) struct IdIndex {
     segments: RwLock<Arc<Vec<Arc<Segment>>>>,
     /// A segment build (and the merges after it) is under way.
     building: AtomicBool,
+    /// Told when a link waits for a journal record and none did (the store's flusher then
+    /// writes one soon, flush or not).
+    links_waiting: Arc<tokio::sync::Notify>,
     next_segment: AtomicU64,
 }
 
@@ -139,7 +144,12 @@ fn put_record(out: &mut Vec<u8>, id: u128, key: &str) {
 impl IdIndex {
     /// Opens the index of the store in `store_dir`, deleting what a crash left behind and
     /// reading back the journal records not yet covered by a segment.
-    pub(super) fn open(store_dir: &Path, name: &'static str, journal: Tree) -> Result<IdIndex> {
+    pub(super) fn open(
+        store_dir: &Path,
+        name: &'static str,
+        journal: Tree,
+        links_waiting: Arc<tokio::sync::Notify>,
+    ) -> Result<IdIndex> {
         let dir = store_dir.join(name);
         if !dir.exists() {
             std::fs::create_dir_all(&dir).map_err(|e| io_error("cannot create", &dir, e))?;
@@ -203,6 +213,7 @@ impl IdIndex {
             }),
             segments: RwLock::new(Arc::new(kept)),
             building: AtomicBool::new(false),
+            links_waiting,
             next_segment: next_segment.into(),
         })
     }
@@ -221,6 +232,9 @@ impl IdIndex {
             )));
         }
         let mut live = lock(&self.live);
+        if live.pending.is_empty() {
+            self.links_waiting.notify_one();
+        }
         put_record(&mut live.pending, id, key);
         live.recent.insert(id, key.into());
         Ok(())
@@ -277,16 +291,25 @@ impl IdIndex {
         if live.pending.is_empty() && !rotate {
             return Ok(None);
         }
-        let no = live.next_record;
-        if !live.pending.is_empty() {
-            // Under the lock, so records are written in the order of their numbers, and no
-            // link comes between this record and the batch below. Copied: on an error the
-            // bytes stay, for the next flush.
-            self.journal
-                .insert(no.to_be_bytes(), live.pending.as_slice())?;
-            live.pending.clear();
+        // Under the lock, so records are written in the order of their numbers, and no link
+        // comes between these records and the batch below. At most ~RECORD bytes each: sled
+        // 0.34 keeps a large value in a blob file of its own, which it does not sync. Copied:
+        // on an error the bytes not written stay, for the next flush.
+        let mut written = 0;
+        while written < live.pending.len() {
+            let end = record_end(&live.pending, written);
+            let no = live.next_record;
+            if let Err(e) = self
+                .journal
+                .insert(no.to_be_bytes(), &live.pending[written..end])
+            {
+                live.pending.drain(..written);
+                return Err(e.into());
+            }
             live.next_record += 1;
+            written = end;
         }
+        live.pending.clear();
         if !rotate {
             return Ok(None);
         }
@@ -457,6 +480,29 @@ fn remove(path: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_error("cannot remove", path, e)),
+    }
+}
+
+/// Bytes of links in one journal record, at most (but for one longer link).
+const RECORD: usize = 8 * 1024;
+
+/// Where the journal record starting at `from` in `pending` ends: after the last whole link
+/// that keeps it within [`RECORD`] bytes (at least one link).
+fn record_end(pending: &[u8], from: usize) -> usize {
+    let mut end = from;
+    while end + 18 <= pending.len() {
+        let len = u16::from_be_bytes([pending[end + 16], pending[end + 17]]) as usize;
+        let next = end + 18 + len;
+        if end > from && next - from > RECORD {
+            break;
+        }
+        end = next;
+    }
+    if end == from {
+        // (Never: `pending` holds whole links.) Written as it is rather than looped on.
+        pending.len()
+    } else {
+        end.min(pending.len())
     }
 }
 
@@ -777,7 +823,7 @@ mod tests {
         let db = open_db(dir);
         let journal = Tree::open(&db, "msgid_journal", &Arc::new(OpCounts::default())).unwrap();
         Opened {
-            ids: IdIndex::open(dir, DIR, journal).unwrap(),
+            ids: IdIndex::open(dir, DIR, journal, Default::default()).unwrap(),
             db,
         }
     }
@@ -907,6 +953,26 @@ mod tests {
         assert_eq!(o.ids.get(2).unwrap().as_deref(), Some("b"));
     }
 
+    /// Many links between two flushes are written as several small records (sled keeps a
+    /// large value in a blob file it does not sync), and read back whole.
+    #[test]
+    fn a_burst_of_links_is_journaled_in_small_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = open(dir.path());
+        for i in 0..3000 {
+            o.ids.link(id(i), &key(i)).unwrap();
+        }
+        o.flush();
+        let journal = o.db.open_tree("msgid_journal").unwrap();
+        let sizes: Vec<usize> = journal.iter().map(|kv| kv.unwrap().1.len()).collect();
+        assert!(sizes.len() > 5, "{sizes:?}");
+        assert!(sizes.iter().all(|&n| n <= RECORD), "{sizes:?}");
+        drop(journal);
+        o.close();
+        let o = open(dir.path());
+        assert_all_found(&o.ids, 3000);
+    }
+
     /// A range (one mobile's messages) is found across memory and segments, whole, each
     /// link once, however the blocks fall.
     #[test]
@@ -1024,7 +1090,7 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let db = open_db(dir.path());
         let journal = Tree::open(&db, "msgid_journal", &Arc::new(OpCounts::default())).unwrap();
-        let err = IdIndex::open(dir.path(), DIR, journal)
+        let err = IdIndex::open(dir.path(), DIR, journal, Default::default())
             .err()
             .expect("opened a damaged segment");
         let text = err.to_string();

@@ -40,6 +40,10 @@
 //! striped in-process lock (this process is the store's only user), in an order whose every
 //! prefix is harmless: sled recovers a prefix of its log, so a crash can only leave index keys
 //! that point at nothing or at a record that moved on, and the readers check and drop those.
+//! The two indexes of `idindex` (message ids, messages by mobile) are the exception: their
+//! links reach sled after the write they index (in a journal record at the next flush, or
+//! within `JOURNAL_DELAY`), so a crash can keep an entry without its link; pending entries
+//! and a crashed reply's entries are linked again at open, other entries are not.
 
 mod codec;
 mod counted;
@@ -673,11 +677,22 @@ impl Store {
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         let msgid = tree("msgid")?;
         let msgid_tree_used = AtomicBool::new(msgid.iter().next().is_some());
+        let links_waiting = Arc::new(tokio::sync::Notify::new());
         let outbox = tree("outbox")?;
         let mobile_keys_used = outbox.scan_prefix(b"m").next().is_some();
         let inner = Arc::new(Inner {
-            msgids: idindex::IdIndex::open(dir, "msgids", tree("msgid_journal")?)?,
-            mobiles: idindex::IdIndex::open(dir, "mobiles", tree("mobile_journal")?)?,
+            msgids: idindex::IdIndex::open(
+                dir,
+                "msgids",
+                tree("msgid_journal")?,
+                links_waiting.clone(),
+            )?,
+            mobiles: idindex::IdIndex::open(
+                dir,
+                "mobiles",
+                tree("mobile_journal")?,
+                links_waiting.clone(),
+            )?,
             mobile_keys_used,
             msgid_tree_used,
             appointments: tree("appointments")?,
@@ -737,7 +752,7 @@ impl Store {
         let inner = store.inner;
         // The flusher holds the store weakly, so dropping the last `Store` closes sled (and
         // releases its lock) at once, not whenever the flusher task next runs.
-        tokio::spawn(flusher(flush_rx, Arc::downgrade(&inner)));
+        tokio::spawn(flusher(flush_rx, Arc::downgrade(&inner), links_waiting));
         Ok(Store { inner })
     }
 
@@ -918,7 +933,8 @@ impl Store {
         let i = &self.inner;
         let ekey = cat(&[b"e", entry.key.as_bytes()]);
         let _held = i.lock(&ekey);
-        // Index keys before the entry: the entry is the commit point (see the module doc).
+        // The queue key before the entry: the entry is the commit point (see the module
+        // doc; the mobile's link is in memory until the next journal record).
         let added = index_keys(&entry);
         if let Some(k) = &added {
             i.outbox.insert(k.as_slice(), &[])?;
@@ -960,9 +976,15 @@ impl Store {
         let ekey = cat(&[b"e", entry.key.as_bytes()]);
         let _held = i.lock(&ekey);
         if check && i.outbox.contains_key(&ekey)? {
+            // Written before (a catch-up after a crash runs the occasion again): its link
+            // may not have reached the store with it.
+            if let Some(m) = &entry.mobile {
+                self.link_mobile(m, &entry.key)?;
+            }
             return Ok(None);
         }
-        // Index keys before the entry: the entry is the commit point (see the module doc).
+        // The queue key before the entry: the entry is the commit point (see the module
+        // doc; the mobile's link is in memory until the next journal record).
         if let Some(k) = index_keys(entry) {
             i.outbox.insert(k, &[])?;
         }
@@ -1070,7 +1092,7 @@ impl Store {
             return Ok(None);
         }
         settle_handed_off(&old, &mut new);
-        // New index keys, then the entry, then the old keys: every crash point leaves keys
+        // A new queue key, then the entry, then the old keys: every crash point leaves keys
         // that the readers check against the entry.
         if let Some(k) = index_keys_added(key, &old, &new) {
             i.outbox.insert(k, &[])?;
@@ -1091,6 +1113,13 @@ impl Store {
     /// queue counter follows.
     fn after_entry_write(&self, key: &str, old: &Indexed, new: &OutboxEntry) -> Result<()> {
         let i = &self.inner;
+        // The count first: it follows the entry just written, even if a removal below fails.
+        let was_queued = old.status == MessageStatus::Queued;
+        let is_queued = new.status == MessageStatus::Queued;
+        if was_queued != is_queued {
+            let delta = if is_queued { 1 } else { -1 };
+            i.queued.fetch_add(delta, Ordering::Relaxed);
+        }
         if let Some(q) = old.queue_key(key) {
             if pending_queue_key(new.status, new.not_before, new.handed_off, key).as_ref()
                 != Some(&q)
@@ -1104,12 +1133,6 @@ impl Store {
             if let Some(m) = &old.mobile {
                 i.outbox.remove(mobile_key(m, key))?;
             }
-        }
-        let was_queued = old.status == MessageStatus::Queued;
-        let is_queued = new.status == MessageStatus::Queued;
-        if was_queued != is_queued {
-            let delta = if is_queued { 1 } else { -1 };
-            i.queued.fetch_add(delta, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -1180,8 +1203,15 @@ impl Store {
     fn sweep_queue(&self) -> Result<i64> {
         let mut queued = 0;
         for known in self.pending_entries(None, |_| false) {
-            if known?.entry.status == MessageStatus::Queued {
+            let entry = known?.entry;
+            if entry.status == MessageStatus::Queued {
                 queued += 1;
+            }
+            // A crash can keep an entry written just before it without its link (links
+            // reach the store after their entry, see `idindex`): the pending ones, read here
+            // anyway, are linked again (a link twice is harmless).
+            if let Some(m) = &entry.mobile {
+                self.link_mobile(m, &entry.key)?;
             }
         }
         Ok(queued)
@@ -1205,12 +1235,6 @@ impl Store {
         limit: usize,
         busy: impl Fn(&str) -> bool,
     ) -> Result<Vec<KnownEntry>> {
-        // Nothing queued (the count is raised before an enqueue returns, so before its
-        // caller wakes the dispatcher): no scan. Hand-offs keep the queue empty, so this is
-        // most of the dispatcher's looks in a flood of replies.
-        if self.outbox_depth() == 0 {
-            return Ok(Vec::new());
-        }
         self.pending_entries(Some(now), busy)
             .filter(|k| !matches!(k, Ok(k) if k.entry.status != MessageStatus::Queued))
             .take(limit)
@@ -1220,9 +1244,6 @@ impl Store {
     /// When the next queued entry falls due, if any (entries in flight are passed over: at
     /// most the dispatcher's concurrency of them).
     pub fn next_outbox_due(&self) -> Result<Option<DateTime<Utc>>> {
-        if self.outbox_depth() == 0 {
-            return Ok(None);
-        }
         for known in self.pending_entries(None, |_| false) {
             let entry = known?.entry;
             if entry.status == MessageStatus::Queued {
@@ -1713,6 +1734,13 @@ impl Store {
         let mut settled = 0;
         for key in &keys {
             settled += usize::from(self.settle_hand_off(key)?);
+            // A reply's entries are read here after a crash: linked again, as in
+            // `sweep_queue`.
+            if let Some(entry) = self.get_entry(key)? {
+                if let Some(m) = &entry.mobile {
+                    self.link_mobile(m, key)?;
+                }
+            }
         }
         Ok(settled)
     }
@@ -1901,28 +1929,34 @@ impl Store {
 /// and restarts it then hung now and then (README, "Third pass"); yielding involves no timer
 /// and cannot delay a lone writer.
 const BUSY_WAITERS: usize = 8;
-/// How long index links wait at most for their journal record (sled's own background flush
-/// runs every 500 ms).
-const JOURNAL_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long index links wait at most for their journal record when no flush is asked for:
+/// sled's own background flush (every 500 ms) then saves the record with the writes made
+/// beside the links (a send's outcome). Short, since a crash can keep those writes without
+/// it for that long; not zero, so a burst shares one record.
+const JOURNAL_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 const YIELDS_WHEN_BUSY: usize = 4;
 
 async fn flusher(
     mut rx: mpsc::UnboundedReceiver<oneshot::Sender<std::result::Result<(), String>>>,
     inner: std::sync::Weak<Inner>,
+    links_waiting: Arc<tokio::sync::Notify>,
 ) {
     let mut last_served = 0;
-    // Links waiting for a flush are written to their journals at least this often, so sled's
-    // own background flush saves them with the writes made beside them (a send's outcome),
-    // in a quiet spell with no flush asked for.
-    let mut tick = tokio::time::interval(JOURNAL_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When links wait with no flush asked for: their journal record is written then (see
+    // JOURNAL_DELAY). Woken by the first link after a record, so an idle store sleeps.
+    let mut journal_due: Option<tokio::time::Instant> = None;
     loop {
         let first = tokio::select! {
             waiter = rx.recv() => match waiter {
                 Some(w) => w,
                 None => break,
             },
-            _ = tick.tick() => {
+            _ = links_waiting.notified(), if journal_due.is_none() => {
+                journal_due = Some(tokio::time::Instant::now() + JOURNAL_DELAY);
+                continue;
+            }
+            _ = tokio::time::sleep_until(journal_due.unwrap_or_else(tokio::time::Instant::now)), if journal_due.is_some() => {
+                journal_due = None;
                 if let Some(inner) = inner.upgrade() {
                     if let Err(e) = write_journals(&inner) {
                         tracing::warn!(error = %e, "could not write index links to their journal; tried again with the next flush");
@@ -2419,6 +2453,32 @@ mod tests {
             .map(|e| e.unwrap().key)
             .collect();
         assert_eq!(listed, ["new-1", "old-1", "old-2"]);
+    }
+
+    /// An entry a crash kept without its mobile's link (links reach the store after their
+    /// entry): a pending one is linked again at open.
+    #[tokio::test]
+    async fn a_pending_entry_kept_without_its_link_is_linked_again_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut e =
+                OutboxEntry::queued("k-1".into(), crate::message::OutboxKind::Send, "r", 0, now);
+            e.mobile = Some("573001112233".into());
+            // As a crash leaves it: the queue key and the entry, no link.
+            let i = &store.inner;
+            i.outbox.insert(queue_key(now, "k-1"), &[]).unwrap();
+            i.outbox.insert(cat(&[b"e", b"k-1"]), e.encode()).unwrap();
+            assert_eq!(store.entries_for_mobile("573001112233").count(), 0);
+            store.durable().await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let listed: Vec<String> = store
+            .entries_for_mobile("573001112233")
+            .map(|e| e.unwrap().key)
+            .collect();
+        assert_eq!(listed, ["k-1"]);
     }
 
     /// Child half of the next test: a send's outcome and its link written (as the
