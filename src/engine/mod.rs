@@ -195,7 +195,42 @@ impl Engine {
         tasks.push(tokio::spawn(async move { e.run_watcher().await }));
         let e = self.clone();
         tasks.push(tokio::spawn(async move { e.run_balance_guard().await }));
+        drop(tasks);
+        if self.store.links_unsure() {
+            // Not awaited by `shutdown`: it stops at its next look at the flag, and an
+            // unfinished repair is done again at the next start.
+            let e = self.clone();
+            tokio::spawn(async move { e.repair_links().await });
+        }
         Ok(())
+    }
+
+    /// After a crash: links the messages whose index links the crash lost, and applies the
+    /// delivery events parked for them meanwhile (see `Store::repair_links`).
+    async fn repair_links(&self) {
+        let e = self.clone();
+        let repaired = tokio::task::spawn_blocking(move || {
+            let relinked = e.store.repair_links(|| e.is_shutting_down())?;
+            if let Some(relinked) = &relinked {
+                for (message_id, key) in relinked {
+                    e.apply_orphans(message_id, key)?;
+                }
+            }
+            Ok::<_, EngineError>(relinked.map(|r| r.len()))
+        })
+        .await;
+        match repaired {
+            Ok(Ok(Some(n))) => {
+                tracing::info!(relinked = n, "index links checked after an unclean stop")
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "checking index links after an unclean stop failed; tried again at the next start")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "checking index links after an unclean stop failed; tried again at the next start")
+            }
+        }
     }
 
     /// Stops every background task, letting in-flight sends finish and record their outcome,

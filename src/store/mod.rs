@@ -96,6 +96,8 @@ const REPLY_MARK: &str = "reply_mark";
 /// the records below it were written by an older format, last, once their reaction was done
 /// (or as `received` before it). Written when an older store is upgraded; absent means 0.
 const REPLIES_DECIDED_FROM: &str = "replies_decided_from";
+/// `1` once the store was closed cleanly (every index link written), `0` while it is open.
+const CLEAN_CLOSE: &str = "clean_close";
 
 /// How long opening waits for a store's lock to be released before reporting it in use.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -321,6 +323,9 @@ struct Inner {
     mobiles: idindex::IdIndex,
     /// The outbox holds `m` keys (written by older formats): listings by mobile read them too.
     mobile_keys_used: bool,
+    /// Opened after a crash, with links not yet looked for: until they are, a clean close
+    /// does not say so (the next open looks again).
+    links_unsure: AtomicBool,
     /// The `msgid` tree holds links (older formats', or ids that are not UUIDs): look-ups
     /// missing `msgids` read it too.
     msgid_tree_used: AtomicBool,
@@ -630,14 +635,21 @@ impl Store {
         let ops = Arc::new(OpCounts::default());
         let tree = |name: &'static str| Tree::open(&db, name, &ops).map_err(StoreError::from);
         let meta = tree("meta")?;
+        // A store this format wrote before holds index links (see `idindex`), which a crash
+        // can leave behind their entries; one just made or upgraded holds none.
+        let mut holds_links = true;
         match meta.get("format_version")? {
             None => {
+                holds_links = false;
                 meta.insert(REPLY_MARK, &0u128.to_be_bytes())?;
                 meta.insert("format_version", FORMAT_VERSION.to_string().as_bytes())?;
                 db.flush()?;
             }
             Some(v) => {
                 let found = String::from_utf8_lossy(&v).into_owned();
+                if found != FORMAT_VERSION.to_string() {
+                    holds_links = false;
+                }
                 if found == "5" {
                     // Nothing to convert: its `msgid` tree is read as it is.
                     meta.insert("format_version", FORMAT_VERSION.to_string().as_bytes())?;
@@ -674,6 +686,12 @@ impl Store {
         // Damaged, no reading of it is safe (too high, replies cut short would not be
         // replayed; too low, finished ones would run again): said, as a damaged mark is.
         let replies_decided_from = meta_id(&meta, REPLIES_DECIDED_FROM)?;
+        // Not closed cleanly last time (a crash, a kill): links may be missing, and are
+        // looked for (`repair_links`). Marked open, on disk, before anything is written, so
+        // a crash from now on is seen at the next open.
+        let after_crash = holds_links && meta.get(CLEAN_CLOSE)?.as_deref() != Some(b"1".as_slice());
+        meta.insert(CLEAN_CLOSE, b"0".as_slice())?;
+        db.flush()?;
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         let msgid = tree("msgid")?;
         let msgid_tree_used = AtomicBool::new(msgid.iter().next().is_some());
@@ -694,6 +712,7 @@ impl Store {
                 links_waiting.clone(),
             )?,
             mobile_keys_used,
+            links_unsure: AtomicBool::new(after_crash),
             msgid_tree_used,
             appointments: tree("appointments")?,
             appt_start: tree("appt_start")?,
@@ -1303,6 +1322,42 @@ impl Store {
         keys.sort_unstable();
         keys.dedup();
         Ok(keys)
+    }
+
+    /// Whether the store was not closed cleanly last time and its index links are still to
+    /// be looked for ([`Store::repair_links`]).
+    pub fn links_unsure(&self) -> bool {
+        self.inner.links_unsure.load(Ordering::Acquire)
+    }
+
+    /// After a crash: links every entry whose mobile or message id is not linked (a crash
+    /// can keep an entry that sled wrote out on its own without the links made just after
+    /// it, see `idindex`). Returns the message ids linked again, with their entries' keys
+    /// (delivery events parked for them meanwhile are theirs), or `None` if `stop` said to
+    /// stop first (the next open looks again). Reads the whole outbox: run off the request
+    /// path.
+    pub fn repair_links(&self, stop: impl Fn() -> bool) -> Result<Option<Vec<(String, String)>>> {
+        let mut relinked = Vec::new();
+        for (n, entry) in self.outbox_entries().enumerate() {
+            if n % 1024 == 0 && stop() {
+                return Ok(None);
+            }
+            let entry = entry?;
+            if let Some(m) = &entry.mobile {
+                let linked = self.inner.mobiles.get(mobile_link(m, &entry.key))?;
+                if linked.as_deref() != Some(entry.key.as_str()) {
+                    self.link_mobile(m, &entry.key)?;
+                }
+            }
+            if let Some(id) = &entry.message_id {
+                if self.message_key(id)?.is_none() {
+                    self.link_message_id(id, &entry.key)?;
+                    relinked.push((id.clone(), entry.key.clone()));
+                }
+            }
+        }
+        self.inner.links_unsure.store(false, Ordering::Release);
+        Ok(Some(relinked))
     }
 
     /// Links entry `key` to `mobile` in the `mobiles` index (on disk with the next flush).
@@ -2014,6 +2069,19 @@ async fn flusher(
     }
 }
 
+impl Drop for Inner {
+    /// A clean close: the links not yet journaled, and the mark that says so, on disk.
+    fn drop(&mut self) {
+        // (A batch handed over now is not written out: its links are in the journal.)
+        let _ = self.msgids.write_journal();
+        let _ = self.mobiles.write_journal();
+        if !self.links_unsure.load(Ordering::Acquire) {
+            let _ = self.meta.insert(CLEAN_CLOSE, b"1".as_slice());
+        }
+        let _ = self.db.flush();
+    }
+}
+
 /// Writes each index's journal record (see `idindex`), and starts writing out a segment if
 /// one hands over a batch.
 fn write_journals(inner: &Arc<Inner>) -> std::result::Result<(), String> {
@@ -2479,6 +2547,74 @@ mod tests {
             .map(|e| e.unwrap().key)
             .collect();
         assert_eq!(listed, ["k-1"]);
+    }
+
+    /// After an unclean stop, every entry's links are looked for and made again where a
+    /// crash lost them; a clean close says there is nothing to look for.
+    #[tokio::test]
+    async fn links_a_crash_lost_are_made_again_after_an_unclean_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let msgid = "0e1add43-f91c-4e7c-8805-221ef6b27b98";
+        let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert!(!store.links_unsure(), "a new store");
+            let mut e =
+                OutboxEntry::queued("k-1".into(), crate::message::OutboxKind::Send, "r", 0, now);
+            e.mobile = Some("573001112233".into());
+            e.status = MessageStatus::Sent;
+            e.message_id = Some(msgid.into());
+            // As a crash can leave it: the sent entry on disk, its links not.
+            let i = &store.inner;
+            i.outbox.insert(cat(&[b"e", b"k-1"]), e.encode()).unwrap();
+            store.park_orphan(msgid, b"{}").unwrap();
+            store.durable().await.unwrap();
+        }
+        let reopen = || loop {
+            match Store::open(dir.path()) {
+                Ok(store) => break store,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        };
+        let store = reopen();
+        assert!(!store.links_unsure(), "closed cleanly");
+        drop(store);
+        // The crash: the store was never closed.
+        {
+            let db = loop {
+                match sled::open(dir.path()) {
+                    Ok(db) => break db,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
+            };
+            db.open_tree("meta")
+                .unwrap()
+                .insert(CLEAN_CLOSE, b"0".as_slice())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = reopen();
+        assert!(store.links_unsure());
+        assert_eq!(store.entries_for_mobile("573001112233").count(), 0);
+        assert!(store.message_key(msgid).unwrap().is_none());
+        assert_eq!(store.repair_links(|| true).unwrap(), None, "stopped");
+        assert!(store.links_unsure());
+        let relinked = store.repair_links(|| false).unwrap().unwrap();
+        assert_eq!(relinked, [(msgid.to_string(), "k-1".to_string())]);
+        assert!(!store.links_unsure());
+        assert_eq!(store.message_key(msgid).unwrap().as_deref(), Some("k-1"));
+        assert_eq!(store.entries_for_mobile("573001112233").count(), 1);
+        assert_eq!(
+            store.take_orphans(msgid).unwrap().len(),
+            1,
+            "the parked event waits"
+        );
+        // Nothing lost twice: a second look finds every link.
+        assert_eq!(store.repair_links(|| false).unwrap().unwrap(), []);
+        drop(store);
+        let store = reopen();
+        assert!(!store.links_unsure(), "repaired, then closed cleanly");
+        assert_eq!(store.message_key(msgid).unwrap().as_deref(), Some("k-1"));
     }
 
     /// Child half of the next test: a send's outcome and its link written (as the
