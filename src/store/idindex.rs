@@ -28,7 +28,8 @@
 //! sled after the write it indexes — in the journal record that the next flush writes first,
 //! or within the store's `JOURNAL_DELAY` when no flush is asked for —, so a crash can keep a
 //! write that sled put on disk on its own (its 500 ms flush, a full log buffer) without the
-//! link made just after it; the store links pending entries again at open.
+//! link made just after it; the store links pending entries again at open, and checks every
+//! entry's links after an unclean stop (`Store::repair_links`).
 
 use super::counted::Tree;
 use super::{Result, StoreError};

@@ -42,8 +42,10 @@
 //! that point at nothing or at a record that moved on, and the readers check and drop those.
 //! The two indexes of `idindex` (message ids, messages by mobile) are the exception: their
 //! links reach sled after the write they index (in a journal record at the next flush, or
-//! within `JOURNAL_DELAY`), so a crash can keep an entry without its link; pending entries
-//! and a crashed reply's entries are linked again at open, other entries are not.
+//! within `JOURNAL_DELAY`), so a crash can keep an entry without its link: pending entries
+//! and a crashed reply's entries are linked again at open, and after an unclean stop (no
+//! `meta/clean_close` = 1) the engine checks every entry's links in the background
+//! ([`Store::repair_links`]).
 
 mod codec;
 mod counted;
