@@ -142,6 +142,35 @@ fn put_record(out: &mut Vec<u8>, id: u128, key: &str) {
     out.extend_from_slice(key.as_bytes());
 }
 
+/// The links in `bytes`, as [`put_record`] writes them (in journal records and segment
+/// blocks): `(id, key, end)`, `end` the offset just after the link; `Err(at)` for a link cut
+/// short at `at`, after which nothing more is read.
+fn links(bytes: &[u8]) -> impl Iterator<Item = std::result::Result<(u128, &[u8], usize), usize>> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at >= bytes.len() {
+            return None;
+        }
+        let start = at;
+        let link = bytes.get(start..start + 18).and_then(|head| {
+            let len = u16::from_be_bytes([head[16], head[17]]) as usize;
+            let key = bytes.get(start + 18..start + 18 + len)?;
+            let id = u128::from_be_bytes(head[..16].try_into().ok()?);
+            Some((id, key, start + 18 + len))
+        });
+        match link {
+            Some(link) => {
+                at = link.2;
+                Some(Ok(link))
+            }
+            None => {
+                at = bytes.len();
+                Some(Err(start))
+            }
+        }
+    })
+}
+
 impl IdIndex {
     /// Opens the index of the store in `store_dir`, deleting what a crash left behind and
     /// reading back the journal records not yet covered by a segment.
@@ -456,13 +485,10 @@ impl IdIndex {
 
 impl Drop for IdIndex {
     fn drop(&mut self) {
-        // Links made after the last flush (a clean close flushes first, so rarely any):
-        // written for sled's closing flush.
-        let live = self.live.get_mut().unwrap_or_else(|p| p.into_inner());
-        if !live.pending.is_empty() {
-            let bytes = std::mem::take(&mut live.pending);
-            let _ = self.journal.insert(live.next_record.to_be_bytes(), bytes);
-        }
+        // Links made after the last flush (the store writes them before its closing flush,
+        // so rarely any), in records as every flush writes them. (A batch handed over now is
+        // not written out: its links are in the journal.)
+        let _ = self.write_journal();
     }
 }
 
@@ -490,21 +516,16 @@ const RECORD: usize = 8 * 1024;
 /// Where the journal record starting at `from` in `pending` ends: after the last whole link
 /// that keeps it within [`RECORD`] bytes (at least one link).
 fn record_end(pending: &[u8], from: usize) -> usize {
-    let mut end = from;
-    while end + 18 <= pending.len() {
-        let len = u16::from_be_bytes([pending[end + 16], pending[end + 17]]) as usize;
-        let next = end + 18 + len;
-        if end > from && next - from > RECORD {
-            break;
+    let mut end = 0;
+    for link in links(&pending[from..]) {
+        match link {
+            Ok((_, _, next)) if end == 0 || next <= RECORD => end = next,
+            Ok(_) => break,
+            // (Never: `pending` holds whole links.) Written as it is rather than looped on.
+            Err(_) => return pending.len(),
         }
-        end = next;
     }
-    if end == from {
-        // (Never: `pending` holds whole links.) Written as it is rather than looped on.
-        pending.len()
-    } else {
-        end.min(pending.len())
-    }
+    from + end
 }
 
 fn record_no(tree: &'static str, key: &[u8]) -> Result<u64> {
@@ -517,21 +538,9 @@ fn record_no(tree: &'static str, key: &[u8]) -> Result<u64> {
 }
 
 fn read_record(bytes: &[u8], recent: &mut Links) -> std::result::Result<(), String> {
-    let mut at = 0;
-    while at < bytes.len() {
-        if bytes.len() < at + 18 {
-            return Err(format!("a link is cut short at byte {at}"));
-        }
-        let len = u16::from_be_bytes([bytes[at + 16], bytes[at + 17]]) as usize;
-        let end = at + 18 + len;
-        if bytes.len() < end {
-            return Err(format!("a link is cut short at byte {at}"));
-        }
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&bytes[at..at + 16]);
-        let key = String::from_utf8_lossy(&bytes[at + 18..end]);
-        recent.insert(u128::from_be_bytes(id), key.into());
-        at = end;
+    for link in links(bytes) {
+        let (id, key, _) = link.map_err(|at| format!("a link is cut short at byte {at}"))?;
+        recent.insert(id, String::from_utf8_lossy(key).into());
     }
     Ok(())
 }
@@ -743,23 +752,17 @@ impl Segment {
             self.file
                 .read_exact_at(&mut buf, start)
                 .map_err(|e| io_error("cannot read", &self.path, e))?;
-            let mut at = 0;
-            while at + 18 <= buf.len() {
-                let id = u128::from_be_bytes(buf[at..at + 16].try_into().unwrap_or_default());
-                let len = u16::from_be_bytes([buf[at + 16], buf[at + 17]]) as usize;
-                let end = at + 18 + len;
-                if end > buf.len() {
-                    return Err(corrupt(&self.path, "a record runs past its block"));
-                }
+            for link in links(&buf) {
+                let (id, key, _) =
+                    link.map_err(|_| corrupt(&self.path, "a record runs past its block"))?;
                 if id > hi {
                     return Ok(());
                 }
                 if id >= lo {
-                    found.entry(id).or_insert_with(|| {
-                        String::from_utf8_lossy(&buf[at + 18..end]).into_owned()
-                    });
+                    found
+                        .entry(id)
+                        .or_insert_with(|| String::from_utf8_lossy(key).into_owned());
                 }
-                at = end;
             }
             block += 1;
         }

@@ -540,7 +540,7 @@ fn fnv64(bytes: &[u8]) -> u64 {
 /// mobile's entries are one range (see [`mobile_range`]). A collision lists an entry of
 /// another mobile, which the readers check.
 fn mobile_link(mobile: &str, key: &str) -> u128 {
-    (u128::from(fnv64(mobile.as_bytes())) << 64) | u128::from(fnv64(key.as_bytes()))
+    mobile_range(mobile).0 | u128::from(fnv64(key.as_bytes()))
 }
 
 fn mobile_range(mobile: &str) -> (u128, u128) {
