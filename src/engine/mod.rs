@@ -218,15 +218,14 @@ impl Engine {
             }
             Ok::<_, EngineError>(relinked.map(|r| r.len()))
         })
-        .await;
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
         match repaired {
-            Ok(Ok(Some(n))) => {
+            Ok(Some(n)) => {
                 tracing::info!(relinked = n, "index links checked after an unclean stop")
             }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "checking index links after an unclean stop failed; tried again at the next start")
-            }
+            Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "checking index links after an unclean stop failed; tried again at the next start")
             }

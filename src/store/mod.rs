@@ -1782,22 +1782,20 @@ impl Store {
     pub fn settle_hand_offs_of(&self, reply_id: &str) -> Result<usize> {
         let prefix = cat(&[b"e", reply_occasion(reply_id, "").as_bytes()]);
         // Keys first: each settle takes the entry's lock and reads it (once) itself.
-        let keys: Vec<String> = self
-            .inner
-            .outbox
-            .scan_prefix(prefix)
-            .map(|item| item.map(|(k, _)| String::from_utf8_lossy(&k[1..]).into_owned()))
-            .collect::<std::result::Result<_, _>>()?;
+        let mut keys = Vec::new();
+        for item in self.inner.outbox.scan_prefix(prefix) {
+            let (k, v) = item?;
+            // A reply's entries are read here after a crash: linked again, as in
+            // `sweep_queue` (a settle leaves the mobile as it is).
+            let entry = decode_entry(&k[1..], &v)?;
+            if let Some(m) = &entry.mobile {
+                self.link_mobile(m, &entry.key)?;
+            }
+            keys.push(entry.key);
+        }
         let mut settled = 0;
         for key in &keys {
             settled += usize::from(self.settle_hand_off(key)?);
-            // A reply's entries are read here after a crash: linked again, as in
-            // `sweep_queue`.
-            if let Some(entry) = self.get_entry(key)? {
-                if let Some(m) = &entry.mobile {
-                    self.link_mobile(m, key)?;
-                }
-            }
         }
         Ok(settled)
     }
