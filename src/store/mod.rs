@@ -2480,30 +2480,42 @@ mod tests {
             .is_none());
     }
 
+    /// A send to `mobile`, `status`, at `now`.
+    fn send_to(key: &str, mobile: &str, status: MessageStatus, now: DateTime<Utc>) -> OutboxEntry {
+        let mut e = OutboxEntry::queued(key.into(), crate::message::OutboxKind::Send, "r", 0, now);
+        e.mobile = Some(mobile.into());
+        e.status = status;
+        e
+    }
+
+    /// Writes entry `e` alone, as a crash can leave it (or an older format wrote it): none of
+    /// its index keys or links.
+    fn write_bare(store: &Store, e: &OutboxEntry) {
+        let key = cat(&[b"e", e.key.as_bytes()]);
+        store.inner.outbox.insert(key, e.encode()).unwrap();
+    }
+
+    /// The keys `entries_for_mobile` lists for `mobile`.
+    fn listed_for(store: &Store, mobile: &str) -> Vec<String> {
+        store
+            .entries_for_mobile(mobile)
+            .map(|e| e.unwrap().key)
+            .collect()
+    }
+
     /// A format-5 store's `m` keys (messages by mobile) are still listed, with what this
     /// format links, each message once.
     #[tokio::test]
     async fn older_mobile_keys_are_still_listed() {
         let dir = tempfile::tempdir().unwrap();
         let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
-        let entry = |key: &str| {
-            let mut e =
-                OutboxEntry::queued(key.into(), crate::message::OutboxKind::Send, "r", 0, now);
-            e.mobile = Some("573001112233".into());
-            e.status = MessageStatus::Sent;
-            e
-        };
+        let entry = |key: &str| send_to(key, "573001112233", MessageStatus::Sent, now);
         {
             let store = Store::open(dir.path()).unwrap();
             for key in ["old-1", "old-2"] {
-                let e = entry(key);
-                let i = &store.inner;
-                i.outbox
-                    .insert(mobile_key("573001112233", key), &[])
-                    .unwrap();
-                i.outbox
-                    .insert(cat(&[b"e", key.as_bytes()]), e.encode())
-                    .unwrap();
+                let old_key = mobile_key("573001112233", key);
+                store.inner.outbox.insert(old_key, &[]).unwrap();
+                write_bare(&store, &entry(key));
             }
             store.durable().await.unwrap();
         }
@@ -2516,11 +2528,10 @@ mod tests {
                 true
             })
             .unwrap();
-        let listed: Vec<String> = store
-            .entries_for_mobile("573001112233")
-            .map(|e| e.unwrap().key)
-            .collect();
-        assert_eq!(listed, ["new-1", "old-1", "old-2"]);
+        assert_eq!(
+            listed_for(&store, "573001112233"),
+            ["new-1", "old-1", "old-2"]
+        );
     }
 
     /// An entry a crash kept without its mobile's link (links reach the store after their
@@ -2531,22 +2542,19 @@ mod tests {
         let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            let mut e =
-                OutboxEntry::queued("k-1".into(), crate::message::OutboxKind::Send, "r", 0, now);
-            e.mobile = Some("573001112233".into());
             // As a crash leaves it: the queue key and the entry, no link.
-            let i = &store.inner;
-            i.outbox.insert(queue_key(now, "k-1"), &[]).unwrap();
-            i.outbox.insert(cat(&[b"e", b"k-1"]), e.encode()).unwrap();
+            store
+                .inner
+                .outbox
+                .insert(queue_key(now, "k-1"), &[])
+                .unwrap();
+            let e = send_to("k-1", "573001112233", MessageStatus::Queued, now);
+            write_bare(&store, &e);
             assert_eq!(store.entries_for_mobile("573001112233").count(), 0);
             store.durable().await.unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
-        let listed: Vec<String> = store
-            .entries_for_mobile("573001112233")
-            .map(|e| e.unwrap().key)
-            .collect();
-        assert_eq!(listed, ["k-1"]);
+        assert_eq!(listed_for(&store, "573001112233"), ["k-1"]);
     }
 
     /// After an unclean stop, every entry's links are looked for and made again where a
@@ -2559,14 +2567,10 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             assert!(!store.links_unsure(), "a new store");
-            let mut e =
-                OutboxEntry::queued("k-1".into(), crate::message::OutboxKind::Send, "r", 0, now);
-            e.mobile = Some("573001112233".into());
-            e.status = MessageStatus::Sent;
+            let mut e = send_to("k-1", "573001112233", MessageStatus::Sent, now);
             e.message_id = Some(msgid.into());
             // As a crash can leave it: the sent entry on disk, its links not.
-            let i = &store.inner;
-            i.outbox.insert(cat(&[b"e", b"k-1"]), e.encode()).unwrap();
+            write_bare(&store, &e);
             store.park_orphan(msgid, b"{}").unwrap();
             store.durable().await.unwrap();
         }
