@@ -3,10 +3,13 @@
 //! quirks) and turns every outcome into a typed value or a [`ProviderError`].
 
 use super::error::{consequence, excerpt, Call, ProviderCode, ProviderError};
+use super::transport::{Failure, Route, Transport};
 use super::types::{count_placeholders, MessageId, SendRequest};
 use crate::config::ProviderConfig;
 use crate::secret::Secret;
-use reqwest::{StatusCode, Url};
+use hyper::header::HeaderValue;
+use hyper::{StatusCode, Uri};
+use reqwest::Url;
 use serde_json::Value;
 use std::fmt;
 use std::time::Duration;
@@ -30,14 +33,15 @@ pub struct RemoteTemplate {
 /// A client for one provider account. Cheap to clone (the connection pool is shared).
 #[derive(Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    http: Transport,
     base_url: String,
-    /// The send call's URL, parsed once (parsing it for every send was ~0.5 % of a reply's
-    /// CPU).
-    send_url: Url,
+    /// The calls' URLs, parsed once (parsing the send's for every send was ~0.5 % of a
+    /// reply's CPU).
+    send_url: Uri,
+    balance_url: Uri,
+    templates_url: Uri,
     login: String,
     token: Secret,
-    timeout: Duration,
 }
 
 impl fmt::Debug for Client {
@@ -46,7 +50,7 @@ impl fmt::Debug for Client {
             .field("base_url", &self.base_url)
             .field("login", &self.login)
             .field("token", &self.token)
-            .field("timeout", &self.timeout)
+            .field("timeout", &self.http.timeout())
             .finish()
     }
 }
@@ -79,8 +83,9 @@ impl Client {
         )
     }
 
-    /// A client from explicit parts (tests, the simulator's checks). `base_url` has no
-    /// trailing slash needed; one is tolerated.
+    /// A client from explicit parts (tests, the simulator's checks), through the proxy the
+    /// environment names for `base_url`, if any. `base_url` has no trailing slash needed; one
+    /// is tolerated.
     pub fn from_parts(
         base_url: &str,
         login: impl Into<String>,
@@ -88,42 +93,36 @@ impl Client {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<Client, ProviderError> {
-        let base_url = base_url.trim().trim_end_matches('/').to_string();
-        let parsed = Url::parse(&base_url).map_err(|e| ProviderError::BaseUrl {
-            base_url: base_url.clone(),
-            reason: e.to_string(),
-        })?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(ProviderError::BaseUrl {
-                base_url,
-                reason: "it must start with `https://` (or `http://` for a local simulator)".into(),
-            });
+        let route = Route::from_env(&call_uri(base_url, Call::Send)?)?;
+        if let Route::Tunnel { proxy, .. } = &route {
+            tracing::info!(%proxy, "provider calls go through the proxy the environment names");
         }
-        let send_url = Url::parse(&format!("{base_url}{}", Call::Send.path())).map_err(|e| {
-            ProviderError::BaseUrl {
-                base_url: base_url.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .timeout(timeout)
-            // A send has no idempotency key: whether to try again is the engine's decision,
-            // made from `ProviderError::disposition`, never the HTTP library's.
-            .retry(reqwest::retry::never())
-            // A redirected POST turns into a GET without its body; a redirect here means a
-            // wrong `base_url`, which the error should say rather than hide.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("recuerda/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(ProviderError::Build)?;
+        Client::routed(base_url, login, token, connect_timeout, timeout, &route)
+    }
+
+    /// A client whose calls take `route`.
+    pub fn routed(
+        base_url: &str,
+        login: impl Into<String>,
+        token: Secret,
+        connect_timeout: Duration,
+        timeout: Duration,
+        route: &Route,
+    ) -> Result<Client, ProviderError> {
+        let base_url = base_url.trim().trim_end_matches('/').to_string();
+        // A send has no idempotency key: whether to try again is the engine's decision, made
+        // from `ProviderError::disposition`, never the transport's, which neither retries nor
+        // follows redirects (a redirected POST would turn into a GET without its body; a
+        // redirect here means a wrong `base_url`, which the error says rather than hides).
+        let http = Transport::new(route, connect_timeout, timeout)?;
         Ok(Client {
             http,
+            send_url: call_uri(&base_url, Call::Send)?,
+            balance_url: call_uri(&base_url, Call::Balance)?,
+            templates_url: call_uri(&base_url, Call::Templates)?,
             base_url,
-            send_url,
             login: login.into(),
             token,
-            timeout,
         })
     }
 
@@ -155,12 +154,9 @@ impl Client {
         }
         tracing::debug!(template = %req.template, mobile = %req.mobile.masked(), "provider send");
         let form = super::multipart::form(&fields);
-        let request = self
-            .http
-            .post(self.send_url.clone())
-            .header(reqwest::header::CONTENT_TYPE, form.content_type)
-            .body(form.body);
-        let (status, body) = self.exchange(Call::Send, request).await?;
+        let (status, body) = self
+            .exchange(Call::Send, &self.send_url, &form.content_type, form.body)
+            .await?;
         let value = self.json(Call::Send, status, &body)?;
         match code_of(&value) {
             Some(1) => {
@@ -187,8 +183,7 @@ impl Client {
 
     /// The account's balance (the provider sends it as a string; a number is accepted too).
     pub async fn balance(&self) -> Result<i64, ProviderError> {
-        let request = self.http.post(self.url(Call::Balance)).form(&self.auth());
-        let (status, body) = self.exchange(Call::Balance, request).await?;
+        let (status, body) = self.post_form(Call::Balance, &self.balance_url).await?;
         let value = self.json(Call::Balance, status, &body)?;
         match code_of(&value) {
             Some(code @ (2 | 3)) => {
@@ -215,8 +210,7 @@ impl Client {
     /// The account's templates (approved, pending or rejected). Code 4 ("no approved
     /// templates") is an empty list, not an error.
     pub async fn templates(&self) -> Result<Vec<RemoteTemplate>, ProviderError> {
-        let request = self.http.post(self.url(Call::Templates)).form(&self.auth());
-        let (status, body) = self.exchange(Call::Templates, request).await?;
+        let (status, body) = self.post_form(Call::Templates, &self.templates_url).await?;
         let value = self.json(Call::Templates, status, &body)?;
         let items = match &value {
             Value::Array(items) => items,
@@ -257,12 +251,24 @@ impl Client {
         Ok(templates)
     }
 
-    fn url(&self, call: Call) -> String {
-        format!("{}{}", self.base_url, call.path())
-    }
-
-    fn auth(&self) -> [(&'static str, &str); 2] {
-        [("login", &self.login), ("token", self.token.expose())]
+    /// POSTs the account's credentials as a url-encoded form (the `balance` and `templates`
+    /// calls take nothing else).
+    async fn post_form(
+        &self,
+        call: Call,
+        url: &Uri,
+    ) -> Result<(StatusCode, bytes::Bytes), ProviderError> {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("login", &self.login)
+            .append_pair("token", self.token.expose())
+            .finish();
+        self.exchange(
+            call,
+            url,
+            "application/x-www-form-urlencoded",
+            body.into_bytes(),
+        )
+        .await
     }
 
     fn secrets(&self) -> [&str; 2] {
@@ -274,14 +280,20 @@ impl Client {
     async fn exchange(
         &self,
         call: Call,
-        request: reqwest::RequestBuilder,
+        url: &Uri,
+        content_type: &str,
+        body: Vec<u8>,
     ) -> Result<(StatusCode, bytes::Bytes), ProviderError> {
-        let response = request.send().await.map_err(|e| self.transport(call, e))?;
-        let status = response.status();
-        let body = response
-            .bytes()
+        let content_type =
+            HeaderValue::from_str(content_type).map_err(|_| ProviderError::NotSent {
+                call,
+                detail: format!("`{content_type}` is not a valid content type"),
+            })?;
+        let (status, body) = self
+            .http
+            .post(url, content_type, body)
             .await
-            .map_err(|e| self.transport(call, e))?;
+            .map_err(|failure| self.transport(call, failure))?;
         tracing::debug!(
             call = call.path(),
             status = status.as_u16(),
@@ -330,40 +342,45 @@ impl Client {
         }
     }
 
-    fn transport(&self, call: Call, error: reqwest::Error) -> ProviderError {
-        // `is_connect` means no connection was made, so no byte of the request left; a builder
-        // error stops before connecting. Anything else may have reached the provider.
-        if error.is_connect() || error.is_builder() {
-            return ProviderError::NotSent {
+    /// A transport failure as the call's error, its text without the token. No connection
+    /// means no byte of the request left; anything else may have reached the provider.
+    fn transport(&self, call: Call, failure: Failure) -> ProviderError {
+        match failure {
+            Failure::NotSent(detail) => ProviderError::NotSent {
                 call,
-                detail: self.describe(&error),
-            };
-        }
-        if error.is_timeout() {
-            return ProviderError::Timeout {
+                detail: excerpt(detail.as_bytes(), &self.secrets()),
+            },
+            Failure::TimedOut => ProviderError::Timeout {
                 call,
-                timeout: self.timeout,
+                timeout: self.http.timeout(),
                 consequence: consequence(call),
-            };
-        }
-        ProviderError::Interrupted {
-            call,
-            detail: self.describe(&error),
-            consequence: consequence(call),
+            },
+            Failure::Interrupted(detail) => ProviderError::Interrupted {
+                call,
+                detail: excerpt(detail.as_bytes(), &self.secrets()),
+                consequence: consequence(call),
+            },
         }
     }
+}
 
-    /// The error and its causes on one line, without the token.
-    fn describe(&self, error: &reqwest::Error) -> String {
-        let mut text = error.to_string();
-        let mut source = std::error::Error::source(error);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        excerpt(text.as_bytes(), &self.secrets())
+/// The URL of `call` under `base_url`, checked: `http(s)://` with a host.
+fn call_uri(base_url: &str, call: Call) -> Result<Uri, ProviderError> {
+    let base_url = base_url.trim().trim_end_matches('/');
+    let refuse = |reason: String| ProviderError::BaseUrl {
+        base_url: base_url.to_string(),
+        reason,
+    };
+    let parsed = Url::parse(base_url).map_err(|e| refuse(e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(refuse(
+            "it must start with `https://` (or `http://` for a local simulator)".into(),
+        ));
     }
+    // `Url` normalizes (an IDN host, a default port); hyper wants the normalized text.
+    let mut text = parsed.as_str().trim_end_matches('/').to_string();
+    text.push_str(call.path());
+    text.parse::<Uri>().map_err(|e| refuse(e.to_string()))
 }
 
 /// `code` as a number or a numeric string.

@@ -195,7 +195,9 @@ pub enum ProviderError {
     #[error("`provider.base_url` `{base_url}` is not usable: {reason}")]
     BaseUrl { base_url: String, reason: String },
     #[error("cannot build the HTTP client: {0}")]
-    Build(#[source] reqwest::Error),
+    Build(#[from] super::transport::BuildError),
+    #[error(transparent)]
+    Proxy(#[from] super::transport::ProxyError),
     #[error("{0}")]
     Refused(ProviderCode),
     /// The request never reached the provider (connection refused, DNS, TLS handshake).
@@ -239,7 +241,8 @@ impl ProviderError {
         match self {
             ProviderError::MissingCredentials { .. }
             | ProviderError::BaseUrl { .. }
-            | ProviderError::Build(_) => Disposition::StopSending,
+            | ProviderError::Build(_)
+            | ProviderError::Proxy(_) => Disposition::StopSending,
             ProviderError::Refused(code) => code.disposition(),
             ProviderError::NotSent { .. } | ProviderError::Unavailable { .. } => Disposition::Retry,
             ProviderError::Timeout { call, .. }

@@ -4,6 +4,7 @@
 mod client;
 mod error;
 mod multipart;
+mod transport;
 pub mod types;
 pub mod webhook;
 
@@ -11,6 +12,7 @@ pub use client::{Client, RemoteTemplate};
 pub use error::{
     failure_reason, Call, CodeClass, Disposition, ProviderCode, ProviderError, EXCERPT_CHARS,
 };
+pub use transport::{BuildError, ProxyError, Route};
 pub use types::{
     count_placeholders, mask_mobile, CustomField, CustomFieldError, InvalidSend, MediaUrl,
     MediaUrlError, MessageId, MessageIdError, Mobile, MobileError, SendRequest, TemplateId,

@@ -423,6 +423,118 @@ async fn refused_connection_is_retried_because_nothing_was_sent() {
     assert_secret_free(&error);
 }
 
+/// A CONNECT proxy on 127.0.0.1:0 that records each CONNECT's first lines and either tunnels
+/// (answering 200 and copying bytes both ways) or refuses with `refusal`.
+async fn connect_proxy(refusal: Option<&'static str>) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                seen.lock().unwrap().push(head.clone());
+                if let Some(refusal) = refusal {
+                    let _ = client.write_all(refusal.as_bytes()).await;
+                    return;
+                }
+                let target = head
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_string();
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+fn client_via(base_url: &str, proxy: &str) -> Client {
+    Client::routed(
+        base_url,
+        LOGIN,
+        Secret::new(TOKEN),
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+        &Route::tunnel(proxy).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn calls_go_through_an_http_proxy_tunnel_with_its_credentials() {
+    let server = raw_server(Answer::Body(200, SENT.into())).await;
+    let (proxy, heads) = connect_proxy(None).await;
+    let client = client_via(&server.base_url(), &format!("http://ana:secreto@{proxy}"));
+    let id = client
+        .send(&request(&["Carlos"], None, None))
+        .await
+        .unwrap();
+    assert_eq!(id.as_str(), "0e1add43-f91c-4e7c-8805-221ef6b27b98");
+    // The pooled connection is the tunnel: a second call opens no second one.
+    client.send(&request(&["Ana"], None, None)).await.unwrap();
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(
+        heads[0].starts_with(&format!("CONNECT {} HTTP/1.1\r\n", server.addr)),
+        "{heads:?}"
+    );
+    // `ana:secreto` in base64.
+    assert!(
+        heads[0]
+            .to_ascii_lowercase()
+            .contains("proxy-authorization: basic yw5honnly3jldg8="),
+        "{heads:?}"
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].path, "/send/");
+    assert_eq!(requests[0].value("mobile"), Some("573102334455"));
+}
+
+#[tokio::test]
+async fn a_proxy_that_refuses_the_tunnel_means_nothing_was_sent() {
+    let server = raw_server(Answer::Body(200, SENT.into())).await;
+    let (proxy, _) =
+        connect_proxy(Some("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")).await;
+    let client = client_via(&server.base_url(), &format!("http://{proxy}"));
+    let error = client.send(&request(&[], None, None)).await.unwrap_err();
+    assert!(matches!(error, ProviderError::NotSent { .. }), "{error:?}");
+    assert_eq!(error.disposition(), Disposition::Retry);
+    assert!(server.requests().is_empty());
+    assert_secret_free(&error);
+}
+
+#[tokio::test]
+async fn https_to_a_server_without_tls_fails_the_handshake_and_sends_nothing() {
+    // The plain-HTTP test server answers the TLS hello with an HTTP 400: the handshake fails,
+    // so the request itself never left.
+    let server = raw_server(Answer::Body(200, SENT.into())).await;
+    let client = client_for(&format!("https://{}", server.addr), Duration::from_secs(2));
+    let error = client.send(&request(&[], None, None)).await.unwrap_err();
+    assert!(matches!(error, ProviderError::NotSent { .. }), "{error:?}");
+    assert!(server.requests().is_empty());
+    assert_secret_free(&error);
+}
+
 #[tokio::test]
 async fn hanging_provider_times_out_with_unknown_outcome() {
     let server = raw_server(Answer::Hang).await;
