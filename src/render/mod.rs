@@ -21,6 +21,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement, TemplateMapping};
 use handlebars::{Handlebars, Path, RenderErrorReason, TemplateErrorReason};
+/// A rendering context made once from a JSON value, for several [`Renderer::render_in`] calls.
+pub use handlebars::Context;
 
 use helpers::ClinicHelper;
 pub use helpers::DEFAULT_TIMEZONE;
@@ -113,6 +115,13 @@ impl Renderer {
 
     /// Renders `key` over `ctx` (JSON). A missing value is an error naming the path.
     pub fn render(&self, key: &str, ctx: &serde_json::Value) -> Result<String, RenderError> {
+        self.render_in(key, &Context::from(ctx.clone()))
+    }
+
+    /// Renders `key` over a context made once with [`Context::from`] a JSON value: rendering
+    /// a send's variables, `to`, `media` and `custom_field` over one context copies it once,
+    /// where [`Renderer::render`] (and handlebars' own `render`) copies it for each.
+    pub fn render_in(&self, key: &str, ctx: &Context) -> Result<String, RenderError> {
         let Some(source) = self.sources.get(key) else {
             return Err(RenderError {
                 message: format!(
@@ -121,7 +130,7 @@ impl Renderer {
             });
         };
         self.registry
-            .render(key, ctx)
+            .render_with_context(key, ctx)
             .map_err(|e| render_error(&e, source))
     }
 

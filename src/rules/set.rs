@@ -291,16 +291,16 @@ impl RuleSet {
         send: &SendAction,
         ctx: &Value,
     ) -> Result<RenderedSend, RenderError> {
-        let ctx = Self::context_for(rule, ctx);
-        let render = |key: &str, what: &str| {
-            self.renderer.render(key, &ctx).map_err(|e| RenderError {
+        let ctx = render::Context::from(Self::context_for(rule, ctx));
+        let render = |key: &str, what: &dyn std::fmt::Display| {
+            self.renderer.render_in(key, &ctx).map_err(|e| RenderError {
                 message: format!("rule `{}`: {what}: {}", rule.name, e.message),
             })
         };
         let mut variables = Vec::with_capacity(send.variables.len());
         for (i, key) in send.variables.iter().enumerate() {
             let n = i + 1;
-            let value = render(key, &format!("variable {n}"))?;
+            let value = render(key, &format_args!("variable {n}"))?;
             if let Err(problem) = render::check_variable(&value) {
                 return Err(RenderError {
                     message: format!(
@@ -312,7 +312,7 @@ impl RuleSet {
             variables.push(value);
         }
         let optional = |key: &Option<String>, what: &str| match key {
-            Some(k) => render(k, what).map(Some),
+            Some(k) => render(k, &what).map(Some),
             None => Ok(None),
         };
         let to = optional(&send.to, "`to`")?;
