@@ -20,9 +20,9 @@ mod helpers;
 use std::collections::{BTreeSet, HashMap};
 
 use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement, TemplateMapping};
-use handlebars::{Handlebars, Path, RenderErrorReason, TemplateErrorReason};
 /// A rendering context made once from a JSON value, for several [`Renderer::render_in`] calls.
 pub use handlebars::Context;
+use handlebars::{Handlebars, Path, RenderErrorReason, TemplateErrorReason};
 
 use helpers::ClinicHelper;
 pub use helpers::DEFAULT_TIMEZONE;
