@@ -532,6 +532,46 @@ fn dockerfile_copies_only_what_exists() {
     );
 }
 
+#[test]
+fn dockerfile_copies_every_path_dependency_before_the_first_build() {
+    // A `path = "..."` dependency (the vendored sled of `[patch.crates-io]`) must be in the
+    // build context before cargo first reads the manifest, or the image does not build.
+    let paths: Vec<String> = read("Cargo.toml")
+        .lines()
+        // Dependencies are written inline (`name = { path = "..." }`); `[lib]` and `[[bin]]`
+        // paths are the crate's own files.
+        .filter(|line| !line.trim_start().starts_with('#') && line.contains("= {"))
+        .filter_map(|line| line.split("path = \"").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_string)
+        .collect();
+    assert!(
+        paths.iter().any(|p| p == "vendor/sled"),
+        "expected the vendored sled among {paths:?}"
+    );
+    let all = dockerfile_instructions(&read("deploy/Dockerfile"));
+    let first_build = all
+        .iter()
+        .position(|i| i.starts_with("RUN") && i.contains("cargo build"))
+        .expect("a cargo build");
+    let copied_before: Vec<&str> = all[..first_build]
+        .iter()
+        .filter_map(|i| i.strip_prefix("COPY "))
+        .flat_map(|c| {
+            let words: Vec<&str> = c.split_whitespace().collect();
+            words[..words.len().saturating_sub(1)].to_vec()
+        })
+        .collect();
+    for path in &paths {
+        assert!(
+            copied_before
+                .iter()
+                .any(|src| path == src || path.starts_with(&format!("{}/", src.trim_end_matches('/')))),
+            "the Dockerfile must COPY `{path}` before its first `cargo build` (copied: {copied_before:?})"
+        );
+    }
+}
+
 fn copy_targets(all: &[String]) -> Vec<String> {
     instructions_named(all, "COPY")
         .iter()
