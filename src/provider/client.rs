@@ -377,6 +377,18 @@ fn call_uri(base_url: &str, call: Call) -> Result<Uri, ProviderError> {
             "it must start with `https://` (or `http://` for a local simulator)".into(),
         ));
     }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(ProviderError::BaseUrl {
+            base_url: format!(
+                "{}://***@{}",
+                parsed.scheme(),
+                &base_url[base_url.rfind('@').map_or(0, |at| at + 1)..]
+            ),
+            reason: "it carries a user and password; the provider authenticates with \
+                     `provider.login` and `provider.token`, so remove the `user:password@`"
+                .into(),
+        });
+    }
     // `Url` normalizes (an IDN host, a default port); hyper wants the normalized text.
     let mut text = parsed.as_str().trim_end_matches('/').to_string();
     text.push_str(call.path());

@@ -5,14 +5,16 @@
 //! Why not reqwest, which the rest of recuerda uses for its few other calls: a send is the one
 //! call made per reply, and reqwest's layers around hyper's client (the redirect policy parses
 //! the URL again as text for every request and its answer, the retry layer, the header map and
-//! extension copies) were ~11 % of a reply's CPU in the reply benchmark (issue 8): A/B over 12
-//! pairs, CPU per reply 0.887×. What those layers gave is kept here: connect and whole-call
-//! timeouts, TCP_NODELAY, no redirects followed, no automatic retries, the proxy environment
-//! variables, a fixed `user-agent`.
+//! extension copies) were ~6 % of the server's CPU in the reply benchmark (issue 8; a first
+//! cut measured 0.887× CPU per reply over 12 pairs). What those layers gave is kept here: a
+//! connect timeout over the whole connection set-up (DNS, TCP, the proxy's CONNECT, the TLS
+//! handshake) and a whole-call timeout, TCP_NODELAY and keep-alive probes, no redirects
+//! followed, no automatic retries, the proxy environment variables (for `https://`), the
+//! `user-agent` and `accept` headers.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{HeaderValue, CONTENT_TYPE, USER_AGENT};
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE, USER_AGENT};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
@@ -21,11 +23,20 @@ use hyper_util::client::legacy::Client as Pool;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tower::Service;
 
-/// The largest answer read: the provider's are a few hundred bytes; a page that large is a
-/// wrong `base_url` or a broken provider, and is quoted by its first bytes anyway.
+/// The most of an answer read: the provider's are a few hundred bytes; one that large is a
+/// wrong `base_url` or a broken provider, judged (and quoted) by its status and first bytes.
 const ANSWER_LIMIT: usize = 1 << 20;
+
+/// TCP keep-alive probes on pooled connections (reqwest's values), so a connection a NAT or
+/// firewall dropped while idle is found dead before a send is written to it.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+const KEEPALIVE_RETRIES: u32 = 3;
 
 /// How idle pooled connections are kept (reqwest's default, which the provider saw before).
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -68,9 +79,23 @@ pub struct ProxyError {
 impl Route {
     /// The route the proxy environment variables choose for `target` (`HTTPS_PROXY`,
     /// `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY`, upper or lower case, read as curl reads them).
+    /// Only `https://` targets are tunneled: a proxy for an `http://` one (a simulator on
+    /// another host) is refused, since many proxies allow CONNECT to port 443 only.
     pub fn from_env(target: &Uri) -> Result<Route, ProxyError> {
-        match Matcher::from_env().intercept(target) {
+        Route::chosen_by(&Matcher::from_env(), target)
+    }
+
+    fn chosen_by(matcher: &Matcher, target: &Uri) -> Result<Route, ProxyError> {
+        match matcher.intercept(target) {
             None => Ok(Route::Direct),
+            Some(intercept) if target.scheme_str() != Some("https") => Err(ProxyError {
+                proxy: without_credentials(&intercept.uri().to_string()),
+                reason: format!(
+                    "`{target}` is plain `http://`, and recuerda tunnels only `https://` through \
+                     a proxy: add its host to `NO_PROXY` (a simulator reached directly) or use \
+                     `https://`"
+                ),
+            }),
             Some(intercept) => {
                 Route::tunnel_to(intercept.uri().clone(), intercept.basic_auth().cloned())
             }
@@ -107,13 +132,21 @@ impl Route {
     }
 }
 
-/// `scheme://host:port/…` without a `user:password@`.
+/// `url` without a `user:password@`, for messages.
 fn without_credentials(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}{}", &url[..scheme_end + 3], &url[at + 1..])
+    let text = match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.has_host() => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
         }
         _ => url.to_string(),
+    };
+    // Not a URL with a host (`user:pw@host:port` reads as scheme `user`): whatever stands
+    // before an `@` may be a password.
+    match text.rfind('@') {
+        Some(at) => format!("***@{}", &text[at + 1..]),
+        None => text,
     }
 }
 
@@ -136,9 +169,55 @@ pub enum Failure {
     Interrupted(String),
 }
 
+/// A connector whose whole set-up (DNS, TCP, the proxy's CONNECT, the TLS handshake) must end
+/// within `limit`: past it the pool reports a connect error, so the call is `NotSent` and
+/// retried rather than left to the whole-call timeout (which would make a send `unknown`), and
+/// no connection attempt lingers in the background unbounded.
+#[derive(Clone)]
+struct Timed<C> {
+    inner: C,
+    limit: Duration,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<C> Service<Uri> for Timed<C>
+where
+    C: Service<Uri>,
+    C::Future: Send + 'static,
+    C::Response: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no connection within the connect timeout ({limit:?}: DNS, TCP, proxy \
+                         and TLS handshake)"
+                    ),
+                )
+                .into()),
+            }
+        })
+    }
+}
+
 enum Clients {
-    Direct(Pool<HttpsConnector<HttpConnector>, Full<Bytes>>),
-    Tunnel(Pool<HttpsConnector<Tunnel<HttpConnector>>, Full<Bytes>>),
+    Direct(Pool<Timed<HttpsConnector<HttpConnector>>, Full<Bytes>>),
+    Tunnel(Pool<Timed<HttpsConnector<Tunnel<HttpConnector>>>, Full<Bytes>>),
 }
 
 /// A pooled client for one provider. Cheap to clone (the pool is shared).
@@ -148,6 +227,8 @@ pub struct Transport {
     timeout: Duration,
     user_agent: HeaderValue,
 }
+
+static ACCEPT_ANY: HeaderValue = HeaderValue::from_static("*/*");
 
 impl Transport {
     pub fn new(
@@ -160,6 +241,9 @@ impl Transport {
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(connect_timeout));
+        tcp.set_keepalive(Some(KEEPALIVE));
+        tcp.set_keepalive_interval(Some(KEEPALIVE));
+        tcp.set_keepalive_retries(Some(KEEPALIVE_RETRIES));
         let tls = || {
             hyper_rustls::HttpsConnectorBuilder::new()
                 .with_provider_and_platform_verifier(rustls::crypto::aws_lc_rs::default_provider())
@@ -171,13 +255,19 @@ impl Transport {
         pool.pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE);
         let clients = match route {
-            Route::Direct => Clients::Direct(pool.build(tls()?.wrap_connector(tcp))),
+            Route::Direct => Clients::Direct(pool.build(Timed {
+                inner: tls()?.wrap_connector(tcp),
+                limit: connect_timeout,
+            })),
             Route::Tunnel { proxy, auth } => {
                 let mut tunnel = Tunnel::new(proxy.clone(), tcp);
                 if let Some(auth) = auth {
                     tunnel = tunnel.with_auth(auth.clone());
                 }
-                Clients::Tunnel(pool.build(tls()?.wrap_connector(tunnel)))
+                Clients::Tunnel(pool.build(Timed {
+                    inner: tls()?.wrap_connector(tunnel),
+                    limit: connect_timeout,
+                }))
             }
         };
         Ok(Transport {
@@ -203,6 +293,7 @@ impl Transport {
             .uri(uri.clone())
             .header(CONTENT_TYPE, content_type)
             .header(USER_AGENT, self.user_agent.clone())
+            .header(ACCEPT, ACCEPT_ANY.clone())
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| Failure::NotSent(chain(&e)))?;
         let exchange = async {
@@ -218,17 +309,31 @@ impl Transport {
                 }
             })?;
             let status = response.status();
-            let body = Limited::new(response.into_body(), ANSWER_LIMIT)
-                .collect()
+            let body = read_answer(response.into_body())
                 .await
-                .map_err(|e| Failure::Interrupted(chain(&*e)))?
-                .to_bytes();
+                .map_err(|e| Failure::Interrupted(chain(&e)))?;
             Ok((status, body))
         };
         tokio::time::timeout(self.timeout, exchange)
             .await
             .unwrap_or(Err(Failure::TimedOut))
     }
+}
+
+/// The answer's body, or its first [`ANSWER_LIMIT`] bytes: the rest is not read (the
+/// connection is then dropped, not pooled), and the status still decides.
+async fn read_answer(mut body: hyper::body::Incoming) -> Result<Bytes, hyper::Error> {
+    let mut answer = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            let room = ANSWER_LIMIT - answer.len();
+            answer.extend_from_slice(&data[..data.len().min(room)]);
+            if answer.len() == ANSWER_LIMIT {
+                break;
+            }
+        }
+    }
+    Ok(answer.freeze())
 }
 
 /// The error and its causes on one line.
@@ -255,11 +360,16 @@ mod tests {
     fn proxy_urls_lose_their_credentials_in_messages() {
         assert_eq!(
             without_credentials("http://ana:secreto@proxy.clinica:3128"),
-            "http://proxy.clinica:3128"
+            "http://proxy.clinica:3128/"
         );
         assert_eq!(
             without_credentials("http://proxy:3128"),
-            "http://proxy:3128"
+            "http://proxy:3128/"
+        );
+        // Not a URL at all: what stands before the `@` is hidden all the same.
+        assert_eq!(
+            without_credentials("ana:secreto@proxy:3128"),
+            "***@proxy:3128"
         );
     }
 
@@ -285,6 +395,23 @@ mod tests {
             Route::Direct => panic!("expected a tunnel"),
         }
         assert!(!format!("{route:?}").contains("secreto"));
+    }
+
+    #[test]
+    fn the_proxy_variables_tunnel_https_and_refuse_a_proxied_plain_http_target() {
+        let matcher = Matcher::builder()
+            .all("http://ana:secreto@127.0.0.1:3128".to_string())
+            .no("localhost".to_string())
+            .build();
+        let route = Route::chosen_by(&matcher, &Uri::from_static("https://api.example/send/"));
+        assert!(matches!(route, Ok(Route::Tunnel { .. })), "{route:?}");
+        let error =
+            Route::chosen_by(&matcher, &Uri::from_static("http://sim.example/send/")).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("NO_PROXY"), "{text}");
+        assert!(!text.contains("secreto"), "{text}");
+        let route = Route::chosen_by(&matcher, &Uri::from_static("http://localhost:9/send/"));
+        assert!(matches!(route, Ok(Route::Direct)), "{route:?}");
     }
 
     #[tokio::test]

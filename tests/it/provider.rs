@@ -536,6 +536,71 @@ async fn https_to_a_server_without_tls_fails_the_handshake_and_sends_nothing() {
 }
 
 #[tokio::test]
+async fn a_handshake_that_never_ends_is_a_connect_failure_not_an_unknown_send() {
+    // A server that accepts the TCP connection and never answers the TLS hello: the whole
+    // connection set-up is bounded by the connect timeout, so nothing was sent and the send
+    // is retried, not left to the whole-call timeout as `unknown`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let client = Client::from_parts(
+        &format!("https://{addr}"),
+        LOGIN,
+        Secret::new(TOKEN),
+        Duration::from_millis(300),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let error = client.send(&request(&[], None, None)).await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(matches!(error, ProviderError::NotSent { .. }), "{error:?}");
+    assert_eq!(error.disposition(), Disposition::Retry);
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert!(error.to_string().contains("connect timeout"), "{error}");
+}
+
+#[tokio::test]
+async fn an_oversized_failure_answer_is_still_judged_by_its_status() {
+    // 2 MiB of a 503 page: only its first MiB is read, and the 503 still says "retry".
+    let server = raw_server(Answer::Body(503, "x".repeat(2 << 20))).await;
+    let error = server
+        .client()
+        .send(&request(&[], None, None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ProviderError::Unavailable { status: 503, .. }),
+        "{error:?}"
+    );
+    assert_eq!(error.disposition(), Disposition::Retry);
+}
+
+#[test]
+fn a_base_url_with_credentials_is_refused_without_showing_them() {
+    let error = Client::from_parts(
+        "https://ana:secreto@api.example/ws",
+        LOGIN,
+        Secret::new(TOKEN),
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    )
+    .unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, ProviderError::BaseUrl { .. }), "{error:?}");
+    assert!(text.contains("provider.login"), "{text}");
+    assert!(
+        !text.contains("secreto") && !text.contains("ana:"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn hanging_provider_times_out_with_unknown_outcome() {
     let server = raw_server(Answer::Hang).await;
     let client = client_for(&server.base_url(), Duration::from_millis(300));
