@@ -77,9 +77,19 @@ pub(super) struct IdIndex {
     /// writes one soon, flush or not).
     links_waiting: Arc<tokio::sync::Notify>,
     next_segment: AtomicU64,
+    /// Segments written before are missing from the folder (see [`COVERED_MARK`]): their
+    /// links are lost until made again from the records they index.
+    lost: AtomicBool,
 }
 
 type Links = HashMap<u128, Box<str>>;
+
+/// The journal's key (past every record number) of the highest record a segment ever
+/// covered. Written before a segment's records are removed; at open, segments that cover
+/// less mean a segment file went missing (a backup or restore of the store without the
+/// index's folder, a file deleted by hand), which nothing else would show: its links would
+/// simply not be found.
+const COVERED_MARK: [u8; 8] = u64::MAX.to_be_bytes();
 
 struct Live {
     /// Links not yet in a segment, but those being written out as one.
@@ -214,8 +224,13 @@ impl IdIndex {
         kept.sort_by_key(|s| std::cmp::Reverse(s.no));
         let mut recent = HashMap::new();
         let mut next_record = 0;
+        let mut mark = None;
         for item in journal.iter() {
             let (k, v) = item?;
+            if k.as_ref() == COVERED_MARK {
+                mark = Some(record_no(journal.name(), &v)?);
+                continue;
+            }
             let no = record_no(journal.name(), &k)?;
             next_record = no + 1;
             if covered.is_some_and(|c| no <= c) {
@@ -228,7 +243,17 @@ impl IdIndex {
                 })?;
             }
         }
-        let next_record = next_record.max(covered.map_or(0, |c| c + 1));
+        let lost = mark.is_some_and(|m| covered.is_none_or(|c| c < m));
+        if lost {
+            tracing::warn!(
+                index = name,
+                folder = %dir.display(),
+                "segments of this index written before are missing from its folder; its links are made again from the store's records in the background"
+            );
+        }
+        let next_record = next_record
+            .max(covered.map_or(0, |c| c + 1))
+            .max(mark.map_or(0, |m| m.saturating_add(1)));
         let next_segment = kept.iter().map(|s| s.no).max().unwrap_or(0) + 1;
         Ok(IdIndex {
             name,
@@ -245,7 +270,27 @@ impl IdIndex {
             building: AtomicBool::new(false),
             links_waiting,
             next_segment: next_segment.into(),
+            lost: AtomicBool::new(lost),
         })
+    }
+
+    /// Segments written before were missing at open (their links lost until made again).
+    pub(super) fn lost_links(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    /// The lost links were made again (by the store's link check): the segments there are
+    /// now stand for all that is covered, so the next open does not look again.
+    pub(super) fn links_made_again(&self) -> Result<()> {
+        if !self.lost.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match self.segments().iter().map(|s| s.covers).max() {
+            Some(covers) => self.journal.insert(COVERED_MARK, &covers.to_be_bytes())?,
+            None => self.journal.remove(COVERED_MARK)?,
+        };
+        self.lost.store(false, Ordering::Release);
+        Ok(())
     }
 
     pub(super) fn name(&self) -> &'static str {
@@ -388,6 +433,10 @@ impl IdIndex {
         let segment = write_segment(&self.dir, no, 0, batch.covers, &[], records)?;
         self.install(Arc::new(segment), &[]);
         lock(&self.live).frozen = None;
+        // Before the records it covers go: sled recovers a prefix of its log, so a store
+        // without them has the mark.
+        self.journal
+            .insert(COVERED_MARK, &batch.covers.to_be_bytes())?;
         for item in self.journal.range(..=batch.covers.to_be_bytes()) {
             self.journal.remove(item?.0)?;
         }
@@ -859,7 +908,8 @@ mod tests {
         }
 
         fn journal_records(&self) -> usize {
-            self.db.open_tree("msgid_journal").unwrap().len()
+            let journal = self.db.open_tree("msgid_journal").unwrap();
+            journal.len() - usize::from(journal.contains_key(COVERED_MARK).unwrap())
         }
     }
 
@@ -938,6 +988,43 @@ mod tests {
         let o = open(dir.path());
         assert_all_found(&o.ids, n);
         assert_eq!(o.ids.shape(), (10, vec![0, 1]));
+    }
+
+    /// Segments missing from the folder (a restore without it) are noticed at open, and
+    /// no longer once their links are made again.
+    #[test]
+    fn segments_missing_from_the_folder_are_noticed_until_made_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = SEGMENT_LINKS as u64 + 5;
+        let o = open(dir.path());
+        for i in 0..n {
+            o.ids.link(id(i), &key(i)).unwrap();
+        }
+        o.flush();
+        assert!(!o.ids.lost_links());
+        o.close();
+        let o = open(dir.path());
+        assert!(!o.ids.lost_links(), "every segment is there");
+        assert_all_found(&o.ids, n);
+        o.close();
+
+        std::fs::remove_dir_all(dir.path().join(DIR)).unwrap();
+        let o = open(dir.path());
+        assert!(o.ids.lost_links());
+        assert_eq!(o.ids.get(id(0)).unwrap(), None, "its segment is gone");
+        o.close();
+        let o = open(dir.path());
+        assert!(o.ids.lost_links(), "still, until the links are made again");
+        // What the store's link check does: the links again, then the word that they are.
+        o.ids.link(id(0), &key(0)).unwrap();
+        o.flush();
+        o.ids.links_made_again().unwrap();
+        assert!(!o.ids.lost_links());
+        o.close();
+        let o = open(dir.path());
+        assert!(!o.ids.lost_links());
+        assert_eq!(o.ids.get(id(0)).unwrap(), Some(key(0)));
+        o.close();
     }
 
     /// A journal insert that fails keeps its links for the next flush.

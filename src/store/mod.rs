@@ -700,21 +700,21 @@ impl Store {
         let links_waiting = Arc::new(tokio::sync::Notify::new());
         let outbox = tree("outbox")?;
         let mobile_keys_used = outbox.scan_prefix(b"m").next().is_some();
+        let msgids =
+            idindex::IdIndex::open(dir, "msgids", tree("msgid_journal")?, links_waiting.clone())?;
+        let mobiles = idindex::IdIndex::open(
+            dir,
+            "mobiles",
+            tree("mobile_journal")?,
+            links_waiting.clone(),
+        )?;
+        // An index folder that lost segments is repaired as a crash's lost links are.
+        let links_unsure = after_crash || msgids.lost_links() || mobiles.lost_links();
         let inner = Arc::new(Inner {
-            msgids: idindex::IdIndex::open(
-                dir,
-                "msgids",
-                tree("msgid_journal")?,
-                links_waiting.clone(),
-            )?,
-            mobiles: idindex::IdIndex::open(
-                dir,
-                "mobiles",
-                tree("mobile_journal")?,
-                links_waiting.clone(),
-            )?,
+            msgids,
+            mobiles,
             mobile_keys_used,
-            links_unsure: AtomicBool::new(after_crash),
+            links_unsure: AtomicBool::new(links_unsure),
             msgid_tree_used,
             appointments: tree("appointments")?,
             appt_start: tree("appt_start")?,
@@ -1358,6 +1358,11 @@ impl Store {
                 }
             }
         }
+        // The links made again are in their journals before an index stops saying that
+        // segments were lost (both sled writes: its log keeps them in this order).
+        write_journals(&self.inner).map_err(StoreError::Io)?;
+        self.inner.msgids.links_made_again()?;
+        self.inner.mobiles.links_made_again()?;
         self.inner.links_unsure.store(false, Ordering::Release);
         Ok(Some(relinked))
     }
@@ -2618,6 +2623,65 @@ mod tests {
         drop(store);
         let store = reopen();
         assert!(!store.links_unsure(), "repaired, then closed cleanly");
+        assert_eq!(store.message_key(msgid).unwrap().as_deref(), Some("k-1"));
+    }
+
+    #[tokio::test]
+    async fn an_index_folder_restored_without_its_segments_is_made_good_from_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let msgid = "0e1add43-f91c-4e7c-8805-221ef6b27b98";
+        let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+        let reopen = || loop {
+            match Store::open(dir.path()) {
+                Ok(store) => break store,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut e = send_to("k-1", "573001112233", MessageStatus::Sent, now);
+            e.message_id = Some(msgid.into());
+            write_bare(&store, &e);
+            store.link_message_id(msgid, "k-1").unwrap();
+            // Enough links for a segment (no entries behind these: only k-1 comes back).
+            for i in 0..idindex::SEGMENT_LINKS as u128 {
+                let filler = uuid::Uuid::from_u128(i + 1).to_string();
+                store.link_message_id(&filler, "filler").unwrap();
+            }
+            store.durable().await.unwrap();
+            let segments = || {
+                std::fs::read_dir(dir.path().join("msgids"))
+                    .unwrap()
+                    .filter(|f| {
+                        let name = f.as_ref().unwrap().file_name();
+                        let name = name.to_string_lossy();
+                        name.starts_with("segment-") && !name.ends_with(".tmp")
+                    })
+                    .count()
+            };
+            for _ in 0..500 {
+                if segments() > 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_eq!(segments(), 1, "the links were written out as a segment");
+            assert_eq!(store.message_key(msgid).unwrap().as_deref(), Some("k-1"));
+        }
+        let store = reopen();
+        assert!(!store.links_unsure(), "closed cleanly, every segment there");
+        drop(store);
+
+        std::fs::remove_dir_all(dir.path().join("msgids")).unwrap();
+        let store = reopen();
+        assert!(store.links_unsure(), "the lost segment is noticed");
+        assert!(store.message_key(msgid).unwrap().is_none());
+        let relinked = store.repair_links(|| false).unwrap().unwrap();
+        assert_eq!(relinked, [(msgid.to_string(), "k-1".to_string())]);
+        assert_eq!(store.message_key(msgid).unwrap().as_deref(), Some("k-1"));
+        drop(store);
+        let store = reopen();
+        assert!(!store.links_unsure(), "made good, then closed cleanly");
         assert_eq!(store.message_key(msgid).unwrap().as_deref(), Some("k-1"));
     }
 
