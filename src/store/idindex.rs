@@ -990,17 +990,23 @@ mod tests {
         assert_eq!(o.ids.shape(), (10, vec![0, 1]));
     }
 
+    /// An index in `dir` whose first links (how many: the second value) are in a segment.
+    fn with_a_segment(dir: &Path) -> (Opened, u64) {
+        let n = SEGMENT_LINKS as u64 + 5;
+        let o = open(dir);
+        for i in 0..n {
+            o.ids.link(id(i), &key(i)).unwrap();
+        }
+        o.flush();
+        (o, n)
+    }
+
     /// Segments missing from the folder (a restore without it) are noticed at open, and
     /// no longer once their links are made again.
     #[test]
     fn segments_missing_from_the_folder_are_noticed_until_made_good() {
         let dir = tempfile::tempdir().unwrap();
-        let n = SEGMENT_LINKS as u64 + 5;
-        let o = open(dir.path());
-        for i in 0..n {
-            o.ids.link(id(i), &key(i)).unwrap();
-        }
-        o.flush();
+        let (o, n) = with_a_segment(dir.path());
         assert!(!o.ids.lost_links());
         o.close();
         let o = open(dir.path());
@@ -1105,12 +1111,7 @@ mod tests {
     #[test]
     fn a_crash_s_leftovers_are_passed_over() {
         let dir = tempfile::tempdir().unwrap();
-        let n = SEGMENT_LINKS as u64 + 5;
-        let o = open(dir.path());
-        for i in 0..n {
-            o.ids.link(id(i), &key(i)).unwrap();
-        }
-        o.flush();
+        let (o, n) = with_a_segment(dir.path());
         o.flush();
         for i in n..n + 3 {
             o.ids.link(id(i), &key(i)).unwrap();
