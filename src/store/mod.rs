@@ -2500,6 +2500,23 @@ mod tests {
         store.inner.outbox.insert(key, e.encode()).unwrap();
     }
 
+    /// Opens the store in `dir` again, once the last handle's threads let go of its lock.
+    fn reopen(dir: &Path) -> Store {
+        loop {
+            match Store::open(dir) {
+                Ok(store) => break store,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Writes entry `k-1`, sent to 573001112233 as message `msgid`, alone (see `write_bare`).
+    fn write_bare_sent(store: &Store, msgid: &str, now: DateTime<Utc>) {
+        let mut e = send_to("k-1", "573001112233", MessageStatus::Sent, now);
+        e.message_id = Some(msgid.into());
+        write_bare(store, &e);
+    }
+
     /// The keys `entries_for_mobile` lists for `mobile`.
     fn listed_for(store: &Store, mobile: &str) -> Vec<String> {
         store
@@ -2572,20 +2589,12 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             assert!(!store.links_unsure(), "a new store");
-            let mut e = send_to("k-1", "573001112233", MessageStatus::Sent, now);
-            e.message_id = Some(msgid.into());
             // As a crash can leave it: the sent entry on disk, its links not.
-            write_bare(&store, &e);
+            write_bare_sent(&store, msgid, now);
             store.park_orphan(msgid, b"{}").unwrap();
             store.durable().await.unwrap();
         }
-        let reopen = || loop {
-            match Store::open(dir.path()) {
-                Ok(store) => break store,
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
-            }
-        };
-        let store = reopen();
+        let store = reopen(dir.path());
         assert!(!store.links_unsure(), "closed cleanly");
         drop(store);
         // The crash: the store was never closed.
@@ -2602,7 +2611,7 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let store = reopen();
+        let store = reopen(dir.path());
         assert!(store.links_unsure());
         assert_eq!(store.entries_for_mobile("573001112233").count(), 0);
         assert!(store.message_key(msgid).unwrap().is_none());
@@ -2621,7 +2630,7 @@ mod tests {
         // Nothing lost twice: a second look finds every link.
         assert_eq!(store.repair_links(|| false).unwrap().unwrap(), []);
         drop(store);
-        let store = reopen();
+        let store = reopen(dir.path());
         assert!(!store.links_unsure(), "repaired, then closed cleanly");
         assert_eq!(store.message_key(msgid).unwrap().as_deref(), Some("k-1"));
     }
@@ -2631,17 +2640,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let msgid = "0e1add43-f91c-4e7c-8805-221ef6b27b98";
         let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
-        let reopen = || loop {
-            match Store::open(dir.path()) {
-                Ok(store) => break store,
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
-            }
-        };
         {
             let store = Store::open(dir.path()).unwrap();
-            let mut e = send_to("k-1", "573001112233", MessageStatus::Sent, now);
-            e.message_id = Some(msgid.into());
-            write_bare(&store, &e);
+            write_bare_sent(&store, msgid, now);
             store.link_message_id(msgid, "k-1").unwrap();
             // Enough links for a segment (no entries behind these: only k-1 comes back).
             for i in 0..idindex::SEGMENT_LINKS as u128 {
@@ -2668,19 +2669,19 @@ mod tests {
             assert_eq!(segments(), 1, "the links were written out as a segment");
             assert_eq!(store.message_key(msgid).unwrap().as_deref(), Some("k-1"));
         }
-        let store = reopen();
+        let store = reopen(dir.path());
         assert!(!store.links_unsure(), "closed cleanly, every segment there");
         drop(store);
 
         std::fs::remove_dir_all(dir.path().join("msgids")).unwrap();
-        let store = reopen();
+        let store = reopen(dir.path());
         assert!(store.links_unsure(), "the lost segment is noticed");
         assert!(store.message_key(msgid).unwrap().is_none());
         let relinked = store.repair_links(|| false).unwrap().unwrap();
         assert_eq!(relinked, [(msgid.to_string(), "k-1".to_string())]);
         assert_eq!(store.message_key(msgid).unwrap().as_deref(), Some("k-1"));
         drop(store);
-        let store = reopen();
+        let store = reopen(dir.path());
         assert!(!store.links_unsure(), "made good, then closed cleanly");
         assert_eq!(store.message_key(msgid).unwrap().as_deref(), Some("k-1"));
     }
