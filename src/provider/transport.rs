@@ -215,6 +215,7 @@ where
     }
 }
 
+#[derive(Clone)]
 enum Clients {
     Direct(Pool<Timed<HttpsConnector<HttpConnector>>, Full<Bytes>>),
     Tunnel(Pool<Timed<HttpsConnector<Tunnel<HttpConnector>>>, Full<Bytes>>),
@@ -223,12 +224,13 @@ enum Clients {
 /// A pooled client for one provider. Cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct Transport {
-    clients: std::sync::Arc<Clients>,
+    clients: Clients,
     timeout: Duration,
-    user_agent: HeaderValue,
 }
 
 static ACCEPT_ANY: HeaderValue = HeaderValue::from_static("*/*");
+static RECUERDA: HeaderValue =
+    HeaderValue::from_static(concat!("recuerda/", env!("CARGO_PKG_VERSION")));
 
 impl Transport {
     pub fn new(
@@ -270,11 +272,7 @@ impl Transport {
                 }))
             }
         };
-        Ok(Transport {
-            clients: std::sync::Arc::new(clients),
-            timeout,
-            user_agent: HeaderValue::from_static(concat!("recuerda/", env!("CARGO_PKG_VERSION"))),
-        })
+        Ok(Transport { clients, timeout })
     }
 
     pub fn timeout(&self) -> Duration {
@@ -292,12 +290,12 @@ impl Transport {
             .method(Method::POST)
             .uri(uri.clone())
             .header(CONTENT_TYPE, content_type)
-            .header(USER_AGENT, self.user_agent.clone())
+            .header(USER_AGENT, RECUERDA.clone())
             .header(ACCEPT, ACCEPT_ANY.clone())
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| Failure::NotSent(chain(&e)))?;
         let exchange = async {
-            let sent = match &*self.clients {
+            let sent = match &self.clients {
                 Clients::Direct(pool) => pool.request(request).await,
                 Clients::Tunnel(pool) => pool.request(request).await,
             };

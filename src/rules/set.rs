@@ -350,8 +350,8 @@ impl RuleSet {
 
     /// Renders a text registered under `key` (a notify message) for `rule` over `ctx`.
     pub fn render_text(&self, rule: &Rule, key: &str, ctx: &Value) -> Result<String, RenderError> {
-        let ctx = Self::context_for(rule, ctx);
-        self.renderer.render(key, &ctx).map_err(|e| RenderError {
+        let ctx = render::Context::from(Self::context_for(rule, ctx));
+        self.renderer.render_in(key, &ctx).map_err(|e| RenderError {
             message: format!("rule `{}`: {}", rule.name, e.message),
         })
     }
